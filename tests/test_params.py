@@ -1,0 +1,133 @@
+"""Parameters: the defaults file, parsing, validation (all problems at once), profiles, md5."""
+import csv
+import json
+
+import pytest
+
+from gainakt3exp.errors import ConfigError
+from gainakt3exp.params import (
+    CONFIG_DIR,
+    defaults_md5,
+    format_value,
+    list_profiles,
+    load_defaults,
+    parse_value,
+    resolve_params,
+)
+
+
+def test_defaults_file_md5_matches_its_defaults():
+    raw = json.loads((CONFIG_DIR / "parameter_default.json").read_text())
+    assert raw["md5"] == defaults_md5(raw["defaults"])
+    assert len(raw["defaults"]) == 65
+
+
+def test_defaults_match_the_spec_values_that_the_original_docs_got_wrong():
+    values = load_defaults().values
+    assert values["weight_decay"] == 1.7571e-05
+    assert values["learning_rate"] == 0.000174
+    assert values["mastery_gain_scale"] == 0.1 and values["gain_performance_margin"] == 0.1
+
+
+def test_parameters_csv_documents_every_default_with_its_type_and_group():
+    defaults = load_defaults()
+    with open(CONFIG_DIR / "parameters.csv", newline="") as handle:
+        rows = {row["name"]: row for row in csv.DictReader(handle)}
+    assert set(rows) == set(defaults.values)
+    group_of = {k: g for g, keys in defaults.groups.items() for k in keys}
+    for key, value in defaults.values.items():
+        assert rows[key]["type"] == defaults.kind(key)
+        assert rows[key]["group"] == group_of[key]
+        assert parse_value(key, rows[key]["default"], defaults.kind(key)) == value
+        assert rows[key]["meaning"]
+
+
+def test_edited_defaults_file_without_new_md5_is_refused(tmp_path):
+    raw = json.loads((CONFIG_DIR / "parameter_default.json").read_text())
+    raw["defaults"]["epochs"] = 13
+    path = tmp_path / "parameter_default.json"
+    path.write_text(json.dumps(raw))
+    with pytest.raises(ConfigError, match="edited without updating md5"):
+        load_defaults(path)
+
+
+@pytest.mark.parametrize("kind,raw,expected", [
+    ("bool", "true", True), ("bool", "False", False), ("int", "12", 12), ("float", "1e-3", 0.001),
+    ("float", "2", 2.0), ("str", "AdamW", "AdamW"),
+])
+def test_values_parse_from_strings(kind, raw, expected):
+    value = parse_value("k", raw, kind)
+    assert value == expected and type(value) is type(expected)
+
+
+@pytest.mark.parametrize("kind,raw", [("bool", "yes"), ("bool", "1"), ("int", "abc"), ("int", "1.5"),
+                                      ("float", "nan"), ("float", "x")])
+def test_ill_typed_values_are_rejected(kind, raw):
+    with pytest.raises(ValueError):
+        parse_value("k", raw, kind)
+
+
+def test_format_value_round_trips_every_default():
+    defaults = load_defaults()
+    for key, value in defaults.values.items():
+        assert parse_value(key, format_value(value), defaults.kind(key)) == value
+    assert format_value(True) == "true" and format_value(1.7571e-05) == "1.7571e-05"
+
+
+def test_every_problem_is_reported_in_one_error():
+    with pytest.raises(ConfigError) as info:
+        resolve_params({"epochs": "abc", "foo": "1", "d_model": "100", "dropout": "1.5"})
+    text = str(info.value)
+    assert "4 parameter problems" in text
+    assert "epochs='abc': expected an integer" in text
+    assert "unknown parameter 'foo'" in text
+    assert "n_heads must divide d_model" in text
+    assert "dropout=1.5" in text
+
+
+def test_unknown_parameter_suggests_the_close_name():
+    with pytest.raises(ConfigError, match="did you mean 'learning_rate'"):
+        resolve_params({"learning_rat": "0.1"})
+
+
+def test_a_weight_whose_head_is_off_names_what_to_change():
+    with pytest.raises(ConfigError) as info:
+        resolve_params({"use_mastery_head": "false"})
+    text = str(info.value)
+    assert "mastery_performance_loss_weight=0.8 needs use_mastery_head true" in text
+    assert "set mastery_performance_loss_weight 0 or use_mastery_head true" in text
+
+
+def test_fold_and_seq_len_are_checked_against_the_dataset():
+    with pytest.raises(ConfigError) as info:
+        resolve_params({"fold": "7", "seq_len": "100"})
+    assert "fold=7: assist2015 has folds [0, 1, 2, 3, 4]" in str(info.value)
+    assert "set seq_len 200" in str(info.value)
+
+
+def test_unknown_dataset_lists_the_known_ones():
+    with pytest.raises(ConfigError, match="known datasets .*assist2015, synthetic"):
+        resolve_params({"dataset": "nope"})
+
+
+def test_profiles_apply_in_order_and_are_recorded_as_overrides():
+    resolved = resolve_params({"epochs": "3"}, ["cpu-small"])
+    assert resolved.params["d_model"] == 64 and resolved.params["epochs"] == 3
+    assert resolved.overrides["d_model"] == 64 and "dropout" not in resolved.overrides
+    assert resolved.profiles == ["cpu-small"]
+
+
+def test_every_committed_profile_validates():
+    for name in list_profiles():
+        resolve_params({}, [name])
+
+
+def test_unknown_profile_lists_the_known_ones():
+    with pytest.raises(ConfigError, match="known profiles: .*cpu-small"):
+        resolve_params({}, ["gpu-huge"])
+
+
+def test_pure_bce_profile_switches_every_extra_off_without_errors():
+    params = resolve_params({}, ["pure-bce"]).params
+    assert not params["use_mastery_head"] and not params["use_gain_head"]
+    assert not params["enable_alignment_loss"] and not params["enable_lag_gain_loss"]
