@@ -1,0 +1,126 @@
+"""Simulated students whose per-skill mastery grows with practice by a known law, written in pyKT layout.
+
+    gakt-data synth --out data/synthetic --students 1000 --skills 20 --seed 7
+
+The law (constants below, all recorded in synthetic.json):
+- student ability a_s ~ N(0, 1); skill difficulty d_k ~ N(0, 1);
+  learning rate of student s on skill k: lambda_sk = RATE_MEDIAN * exp(RATE_SIGMA * N(0, 1)).
+- history length n_s = round(exp(U(log LENGTH_MIN, log LENGTH_MAX))) steps (so some histories exceed maxlen and
+  span several windows); students practise skills in blocks like skill builders: each step starts a new block with
+  probability 1 / BLOCK_MEAN (the first step always does), a block's skill is uniform over the K skills.
+- true mastery of the practised skill k before the step, after n_sk earlier practices of k:
+      p = sigmoid(a_s - d_k + BASE_LOGIT + lambda_sk * n_sk)
+- response ~ Bernoulli(GUESS + (1 - GUESS - SLIP) * p).
+All draws come from numpy's default_rng(seed) in a fixed order, so one seed gives byte-identical files.
+
+Files (pyKT layout, see gainakt3exp.data): 80% of students (in a seeded random order) go to
+train_valid_sequences.csv with folds 0..4 round-robin, 20% to test_sequences.csv and test_window_sequences.csv.
+The true mastery p of each step is written row for row beside them: true_mastery_sequences.csv (rows of
+train_valid_sequences.csv), test_true_mastery_sequences.csv, test_window_true_mastery_sequences.csv
+(columns fold,uid,mastery; -1 padded; 4 decimals), plus synthetic.json (law, seed, counts).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from gainakt3exp.data import (REQUIRED_COLUMNS, gather_windows, sliding_windows, split_windows,
+                              truth_file_name, window_selectmasks, write_sequence_csv, write_text_atomic)
+from gainakt3exp.errors import ConfigError
+
+GUESS = 0.1
+SLIP = 0.1
+BASE_LOGIT = -1.0
+RATE_MEDIAN = 0.3
+RATE_SIGMA = 0.5
+LENGTH_MIN = 5
+LENGTH_MAX = 400
+BLOCK_MEAN = 6.0
+TEST_SHARE = 0.2
+N_FOLDS = 5
+MIN_SEQ_LEN = 3  # pyKT's: a window remainder shorter than this is dropped
+TRAIN_VALID_FILE = "train_valid_sequences.csv"
+TEST_FILE = "test_sequences.csv"
+TEST_WINDOW_FILE = "test_window_sequences.csv"
+TRUTH_FILE = "true_mastery_sequences.csv"
+
+
+def simulate_students(students: int, skills: int, seed: int) -> dict:
+    """Draw histories by the module's law. Flat per-step arrays in student order (students back to back):
+    student, skill, practice (n_sk, earlier practices of that skill), mastery (p before answering), response;
+    and per student: lengths."""
+    rng = np.random.default_rng(seed)
+    ability = rng.normal(size=students)
+    difficulty = rng.normal(size=skills)
+    rate = RATE_MEDIAN * np.exp(RATE_SIGMA * rng.normal(size=(students, skills)))
+    lengths = np.rint(np.exp(rng.uniform(np.log(LENGTH_MIN), np.log(LENGTH_MAX), size=students))).astype(np.int64)
+    student = np.repeat(np.arange(students), lengths)
+    first = np.zeros(len(student), dtype=bool)
+    first[np.cumsum(lengths) - lengths] = True
+    new_block = first | (rng.random(len(student)) < 1.0 / BLOCK_MEAN)
+    block = np.cumsum(new_block) - 1
+    skill = rng.integers(skills, size=int(new_block.sum()))[block]
+    # n_sk: rank of each step among the earlier steps with the same (student, skill)
+    key = student * skills + skill
+    order = np.argsort(key, kind="stable")
+    sorted_key = key[order]
+    group_start = np.r_[0, np.flatnonzero(sorted_key[1:] != sorted_key[:-1]) + 1]
+    rank = np.arange(len(key)) - np.repeat(group_start, np.diff(np.r_[group_start, len(key)]))
+    practice = np.empty_like(rank)
+    practice[order] = rank
+    logit = ability[student] - difficulty[skill] + BASE_LOGIT + rate[student, skill] * practice
+    mastery = 1.0 / (1.0 + np.exp(-logit))
+    response = (rng.random(len(student)) < GUESS + (1 - GUESS - SLIP) * mastery).astype(np.int64)
+    return {"student": student, "skill": skill, "practice": practice, "mastery": mastery,
+            "response": response, "lengths": lengths}
+
+
+def generate_synthetic(out_dir: Path, students: int, skills: int, seed: int, maxlen: int) -> dict:
+    """Simulate `students` histories over `skills` skills and write them to out_dir in pyKT layout with the
+    true mastery; returns the content of synthetic.json. A data set with skills <= its num_c loads with it."""
+    problems = [f"{k} {v} must be >= {lo}" for k, v, lo in
+                (("students", students, 10), ("skills", skills, 1), ("maxlen", maxlen, 2)) if v < lo]
+    if problems:
+        raise ConfigError("synthetic data: " + "; ".join(problems))
+    out_dir = Path(out_dir)
+    sim = simulate_students(students, skills, seed)
+    rng = np.random.default_rng([seed, 1])  # the split, independent of the simulation draws
+    perm = rng.permutation(students)
+    n_test = int(round(TEST_SHARE * students))
+    groups = {"train_valid": perm[n_test:], "test": perm[:n_test]}
+    offsets_all = np.cumsum(sim["lengths"]) - sim["lengths"]
+    counts = {}
+    for group, ids in groups.items():
+        lengths = sim["lengths"][ids]
+        offsets = np.cumsum(lengths) - lengths
+        steps = np.arange(int(lengths.sum())) + np.repeat(offsets_all[ids] - offsets, lengths)
+        flat = {"concepts": sim["skill"][steps], "responses": sim["response"][steps],
+                "mastery": sim["mastery"][steps], "cidxs": np.arange(len(steps))}
+        fold = np.arange(len(ids)) % N_FOLDS if group == "train_valid" else np.full(len(ids), -1)
+        files = ([(TRAIN_VALID_FILE, split_windows(lengths, maxlen, MIN_SEQ_LEN), False)] if group == "train_valid"
+                 else [(TEST_FILE, split_windows(lengths, maxlen, MIN_SEQ_LEN), False),
+                       (TEST_WINDOW_FILE, sliding_windows(lengths, maxlen), True)])
+        for name, (student, start, length), sliding in files:
+            w = {k: gather_windows(v, offsets, student, start, length, maxlen) for k, v in flat.items()}
+            sm = window_selectmasks(start, length, maxlen, sliding)
+            lists = [w["concepts"], w["responses"], sm] + ([w["cidxs"]] if group == "test" else [])
+            header = list(REQUIRED_COLUMNS) + (["cidxs"] if group == "test" else [])
+            write_sequence_csv(out_dir / name, header, fold[student], ids[student], lists)
+            write_sequence_csv(out_dir / truth_file_name(TRUTH_FILE, name, TRAIN_VALID_FILE),
+                               ["fold", "uid", "mastery"], fold[student], ids[student],
+                               [w["mastery"].astype(np.float64)])
+            counts[name] = {"rows": int(len(student)), "students": int(len(np.unique(student))),
+                            "interactions": int((sm == 1).sum())}
+    info = {"law": "p = sigmoid(a_s - d_k + BASE_LOGIT + lambda_sk * n_sk); "
+                   "P(correct) = GUESS + (1 - GUESS - SLIP) * p",
+            "constants": {"GUESS": GUESS, "SLIP": SLIP, "BASE_LOGIT": BASE_LOGIT, "RATE_MEDIAN": RATE_MEDIAN,
+                          "RATE_SIGMA": RATE_SIGMA, "LENGTH_MIN": LENGTH_MIN, "LENGTH_MAX": LENGTH_MAX,
+                          "BLOCK_MEAN": BLOCK_MEAN, "TEST_SHARE": TEST_SHARE, "N_FOLDS": N_FOLDS,
+                          "MIN_SEQ_LEN": MIN_SEQ_LEN},
+            "seed": seed, "students": students, "skills": skills, "maxlen": maxlen,
+            "interactions": int(sim["lengths"].sum()), "mean_correct": round(float(sim["response"].mean()), 6),
+            "files": counts, "truth_file": TRUTH_FILE}
+    write_text_atomic(out_dir / "synthetic.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
+    return info

@@ -1,0 +1,79 @@
+"""Synthetic students: reproducible files, the learning law, loadable with the 'synthetic' data_config entry."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from gainakt3exp import data
+from gainakt3exp.errors import ConfigError
+from gainakt3exp.synthetic import generate_synthetic, simulate_students
+
+
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(tmp_path, monkeypatch):
+    monkeypatch.setenv("GAKT_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_same_seed_gives_byte_identical_files(tmp_path):
+    generate_synthetic(tmp_path / "a", students=60, skills=5, seed=3, maxlen=50)
+    generate_synthetic(tmp_path / "b", students=60, skills=5, seed=3, maxlen=50)
+    a = _files(tmp_path / "a")
+    assert set(a) == {"train_valid_sequences.csv", "test_sequences.csv", "test_window_sequences.csv",
+                      "true_mastery_sequences.csv", "test_true_mastery_sequences.csv",
+                      "test_window_true_mastery_sequences.csv", "synthetic.json"}
+    assert a == _files(tmp_path / "b")
+
+
+def test_different_seed_gives_different_files(tmp_path):
+    generate_synthetic(tmp_path / "a", students=60, skills=5, seed=3, maxlen=50)
+    generate_synthetic(tmp_path / "b", students=60, skills=5, seed=4, maxlen=50)
+    assert _files(tmp_path / "a")["train_valid_sequences.csv"] != _files(tmp_path / "b")["train_valid_sequences.csv"]
+
+
+def test_mastery_and_correctness_rise_with_practice():
+    sim = simulate_students(students=300, skills=10, seed=0)
+    mean_m = [sim["mastery"][sim["practice"] == n].mean() for n in (0, 3, 6, 10)]
+    mean_r = [sim["response"][sim["practice"] == n].mean() for n in (0, 10)]
+    assert mean_m == sorted(mean_m) and mean_m[-1] - mean_m[0] > 0.2
+    assert mean_r[1] - mean_r[0] > 0.1
+
+
+def test_practice_counts_earlier_steps_of_the_same_skill():
+    sim = simulate_students(students=3, skills=4, seed=5)
+    s, k, n = sim["student"], sim["skill"], sim["practice"]
+    for t in range(len(s)):  # tiny reference loop
+        assert n[t] == np.sum((s[:t] == s[t]) & (k[:t] == k[t]))
+
+
+def test_generated_data_loads_with_the_synthetic_config_entry(tmp_path):
+    cfg = data.load_data_config()["synthetic"]
+    info = generate_synthetic(tmp_path / "synthetic", students=200, skills=cfg["num_c"], seed=7,
+                              maxlen=cfg["maxlen"])
+    spec = data.dataset_spec("synthetic", tmp_path)
+    train, valid = data.load_split(spec, "train", 0, 200), data.load_split(spec, "valid", 0, 200)
+    test = data.load_split(spec, "test", 0, 200)
+    assert len(train) + len(valid) == info["files"]["train_valid_sequences.csv"]["rows"]
+    assert data.num_interactions(test) == info["files"]["test_sequences.csv"]["interactions"] - len(test)
+    assert len(np.unique(train.uids)) < len(train)  # some histories exceed maxlen and span several rows
+    assert not set(test.uids) & set(np.r_[train.uids, valid.uids])
+    assert json.loads((tmp_path / "synthetic" / "synthetic.json").read_text()) == info
+
+
+def test_truth_rows_match_the_sequence_rows(tmp_path):
+    generate_synthetic(tmp_path / "synthetic", students=100, skills=6, seed=2, maxlen=40)
+    for name in ("train_valid_sequences.csv", "test_window_sequences.csv"):
+        truth = data.truth_file_name("true_mastery_sequences.csv", name, "train_valid_sequences.csv")
+        s = data.read_sequences(tmp_path / "synthetic" / name, 6, 40, truth_path=tmp_path / "synthetic" / truth)
+        assert np.array_equal(np.isnan(s.truth), s.concepts == -1)
+        assert np.nanmin(s.truth) >= 0 and np.nanmax(s.truth) <= 1
+
+
+def test_invalid_arguments_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="students 3 must be >= 10; skills 0 must be >= 1"):
+        generate_synthetic(tmp_path, students=3, skills=0, seed=1, maxlen=200)
