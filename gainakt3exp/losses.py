@@ -1,0 +1,443 @@
+"""The training objective (SPEC §5): one pure function per term, and `Objective`, which weights and schedules them.
+
+    objective = Objective(params)
+    for epoch0 in range(epochs):
+        objective.begin_epoch(epoch0)
+        for batch in train_loader:
+            total, parts = objective(model(batch.c, batch.r, batch.q), batch)   # parts: detached floats
+        state = objective.end_epoch(epoch0, mastery_correlation=..., global_mastery_corr=...,
+                                    mean_mastery_variance=..., alignment_share=...)
+
+Every term is masked by mu = batch.mask (B, L) bool, True = a real step: padding never counts. A term with no
+valid element is a zero tensor that still belongs to the autograd graph. Shapes: z, y (B, L); m, g (B, L, C);
+c, r (B, L) long = current concept c_t and response r_t; y_t = r_{t+1}.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from gainakt3exp.errors import ConfigError
+
+#: Every fixed number of the objective that is not a run parameter (the lead records this in each run).
+FIXED_CONSTANTS = {
+    "alignment_weight_floor": 0.05,  # share-cap decay never takes the alignment weight below this
+    "adaptive_alignment_max": 3.0,  # adaptive factor = min(max, 1 + slope * (min_corr - ref))
+    "adaptive_alignment_slope": 4.0,
+    "lag_start_offset_epochs": 3,  # lag loss from 1-based epoch warmup_constraint_epochs + this
+    "lag_min_pairs": 3,  # a row needs this many (G_t, y_{t+l}) pairs for its lag correlation
+    "pearson_variance_eps": 1e-12,  # sum of squared deviations at or below this = zero variance (corr := 0)
+}
+
+CONSTRAINTS = ("non_negative", "monotonicity", "mastery_performance", "gain_performance", "sparsity", "consistency")
+#: Which heads each constraint reads (a weight > 0 without its head is a ConfigError).
+_CONSTRAINT_HEADS = {
+    "non_negative": ("gains",),
+    "monotonicity": ("mastery",),
+    "mastery_performance": ("mastery",),
+    "gain_performance": ("gains",),
+    "sparsity": ("gains",),
+    "consistency": ("mastery", "gains"),
+}
+_HEAD_FLAG = {"mastery": "use_mastery_head", "gains": "use_gain_head"}
+
+OBJECTIVE_PARAM_KEYS = (
+    "use_mastery_head", "use_gain_head", "enhanced_constraints",
+    *(f"{name}_loss_weight" for name in CONSTRAINTS),
+    "mastery_gain_scale", "gain_performance_margin", "warmup_constraint_epochs", "enable_cosine_perf_schedule",
+    "enable_alignment_loss", "alignment_weight", "alignment_warmup_epochs", "adaptive_alignment",
+    "alignment_min_correlation", "alignment_share_cap", "alignment_share_decay_factor",
+    "use_residual_alignment", "alignment_residual_window",
+    "enable_retention_loss", "retention_delta", "retention_weight",
+    "enable_lag_gain_loss", "lag_gain_weight", "lag_max_lag", "lag_l1_weight", "lag_l2_weight", "lag_l3_weight",
+    "consistency_rebalance_epoch", "consistency_rebalance_threshold", "consistency_rebalance_new_weight",
+    "variance_floor", "variance_floor_patience", "variance_floor_reduce_factor",
+)
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+def _masked_mean(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """sum_{w} x / max(1, |w|): mean of x over the True entries of w (0 when none, still in the graph)."""
+    x = x.float()
+    return torch.where(w, x, torch.zeros_like(x)).sum() / w.sum().clamp(min=1)
+
+
+def _at_concept(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """x_t[c_t]: (B, L, C) gathered at the current concept -> (B, L)."""
+    return x.gather(-1, c.unsqueeze(-1)).squeeze(-1)
+
+
+def _pearson(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, dim) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted Pearson over `dim` with bool weights w; returns (corr, defined). corr = 0 where undefined
+    (fewer than 2 elements or a variance <= pearson_variance_eps). Gradients are finite everywhere."""
+    wf = w.float()
+    x, y = x.float() * wf, y.float() * wf
+    n = wf.sum(dim=dim, keepdim=True)
+    n_safe = n.clamp(min=1)
+    dx = (x - x.sum(dim=dim, keepdim=True) / n_safe) * wf
+    dy = (y - y.sum(dim=dim, keepdim=True) / n_safe) * wf
+    cov = (dx * dy).sum(dim=dim)
+    vx, vy = (dx * dx).sum(dim=dim), (dy * dy).sum(dim=dim)
+    eps = FIXED_CONSTANTS["pearson_variance_eps"]
+    defined = (n.squeeze(dim) >= 2) & (vx > eps) & (vy > eps)
+    denom = torch.sqrt(torch.where(defined, vx * vy, torch.ones_like(vx)))
+    return torch.where(defined, cov / denom, torch.zeros_like(cov)), defined
+
+
+# ----------------------------------------------------------------------------------------------- terms
+
+def bce_loss(z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """L_bce = mean_{t: mu_t} BCEWithLogits(z_t, y_t), y_t = r_{t+1}. Mask: mu_t."""
+    per_step = F.binary_cross_entropy_with_logits(z.float(), y.float(), reduction="none")
+    return _masked_mean(per_step, mask)
+
+
+def non_negative_loss(g: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """mean relu(-g_t[k]) over (t, k) with mu_t, all skills k. Mask: mu_t broadcast over skills."""
+    return _masked_mean(F.relu(-g), mask.unsqueeze(-1).expand_as(g))
+
+
+def monotonicity_loss(m: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """mean relu(m_t[k] - m_{t+1}[k]) over pairs (t, t+1) with mu_t & mu_{t+1}, all skills k."""
+    pair = (mask[:, :-1] & mask[:, 1:]).unsqueeze(-1).expand_as(m[:, 1:])
+    return _masked_mean(F.relu(m[:, :-1] - m[:, 1:]), pair)
+
+
+def mastery_performance_loss(m: torch.Tensor, c: torch.Tensor, r: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """mean_{mu_t, r_t=1} (1 - m_t[c_t]) + mean_{mu_t, r_t=0} m_t[c_t]; an empty set contributes 0."""
+    m_c = _at_concept(m, c)  # (B, L)
+    return _masked_mean(1.0 - m_c, mask & (r == 1)) + _masked_mean(m_c, mask & (r == 0))
+
+
+def gain_performance_loss(
+    g: torch.Tensor, c: torch.Tensor, r: torch.Tensor, mask: torch.Tensor, margin: float
+) -> torch.Tensor:
+    """relu(mean_{mu_t, r_t=0} g_t[c_t] - mean_{mu_t, r_t=1} g_t[c_t] + margin); 0 unless both sets are non-empty."""
+    g_c = _at_concept(g, c)
+    correct, wrong = mask & (r == 1), mask & (r == 0)
+    value = F.relu(_masked_mean(g_c, wrong) - _masked_mean(g_c, correct) + margin)
+    both = correct.any() & wrong.any()
+    return torch.where(both, value, value * 0.0)
+
+
+def sparsity_loss(g: torch.Tensor, c: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """mean |g_t[k]| over (t, k) with mu_t and k != c_t (skills not practised at step t)."""
+    other = mask.unsqueeze(-1) & ~F.one_hot(c, g.shape[-1]).bool()  # (B, L, C)
+    return _masked_mean(g.abs(), other)
+
+
+def consistency_loss(m: torch.Tensor, g: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+    """mean |(m_t[k] - m_{t-1}[k]) - scale * g_t[k]| over t >= 1 with mu_t & mu_{t-1}, all skills k."""
+    pair = (mask[:, 1:] & mask[:, :-1]).unsqueeze(-1).expand_as(m[:, 1:])
+    return _masked_mean(((m[:, 1:] - m[:, :-1]) - scale * g[:, 1:]).abs(), pair)
+
+
+def residual_performance(y: torch.Tensor, mask: torch.Tensor, window: int) -> torch.Tensor:
+    """P_t = y_t - mean(y_tau : mu_tau, t - window < tau <= t), per row (never across rows); 0 where not mu_t.
+
+    Cumulative sums along each row; since padding is trailing (the Batch contract), the last `window`
+    positions of a valid step are its last `window` valid steps.
+    """
+    if window < 1:
+        raise ConfigError(f"alignment_residual_window={window!r} must be >= 1; fix: pass a window of 1 or more steps")
+    w = mask.float()
+    yw = y.float() * w
+    zeros = torch.zeros_like(yw[:, :1])
+    cs_y = torch.cat([zeros, yw.cumsum(dim=1)], dim=1)  # (B, L+1), cs[:, t+1] = sum_{tau<=t}
+    cs_n = torch.cat([zeros, w.cumsum(dim=1)], dim=1)
+    hi = torch.arange(1, y.shape[1] + 1, device=y.device)
+    lo = (hi - window).clamp(min=0)
+    total = cs_y[:, hi] - cs_y[:, lo]
+    count = (cs_n[:, hi] - cs_n[:, lo]).clamp(min=1)
+    return torch.where(mask, y.float() - total / count, torch.zeros_like(yw))
+
+
+def masked_pearson(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Differentiable Pearson corr(x, y) over all elements where mask (flattened); 0 when fewer than 2
+    elements or a variance is zero."""
+    corr, _ = _pearson(x.reshape(-1), y.reshape(-1), mask.reshape(-1), dim=0)
+    return corr
+
+
+def alignment_correlations(
+    m: Optional[torch.Tensor], g: Optional[torch.Tensor], y: torch.Tensor, mask: torch.Tensor,
+    residual: bool, window: int,
+) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """rho_M = corr(M, P), rho_G = corr(G, P) over mu_t, with M_t = mean_k m_t[k], G_t = mean_k g_t[k] and
+    P = residual_performance(y) if residual else y. A head that is None gives None."""
+    p = residual_performance(y, mask, window) if residual else y
+    rho_m = masked_pearson(m.mean(dim=-1), p, mask) if m is not None else None
+    rho_g = masked_pearson(g.mean(dim=-1), p, mask) if g is not None else None
+    return rho_m, rho_g
+
+
+def lag_gain_correlation(
+    g: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, max_lag: int, lag_weights: Sequence[float]
+) -> tuple[torch.Tensor, list[float], int]:
+    """Weighted mean per-row correlation between gains and correctness l steps later.
+
+    G_t = mean_k g_t[k]; for l = 1..max_lag, per row: rho_l = Pearson(G_t, y_{t+l}) (y_{t+l} = r_{t+l+1}) over t
+    with mu_t & mu_{t+l}; a row counts if it has >= lag_min_pairs pairs and non-zero variance on both sides.
+    value = sum_l w_l * mean_rows(rho_l) / sum_{l with a counted row} w_l  (0 if no lag has a counted row).
+    Returns (value tensor, per-lag mean correlations (nan where no row counted), number of counted (row, lag)).
+    """
+    if max_lag > len(lag_weights):
+        raise ConfigError(f"lag_max_lag={max_lag} but only {len(lag_weights)} lag weights; fix: lag_max_lag <= 3")
+    big = g.mean(dim=-1)  # G (B, L)
+    weighted, used_weight = big.sum() * 0.0, 0.0  # 0 that stays in the graph
+    per_lag: list[float] = []
+    count = 0
+    for lag in range(1, max_lag + 1):
+        pair = mask[:, :-lag] & mask[:, lag:]  # (B, L-lag); empty when L <= lag
+        corr, defined = _pearson(big[:, :-lag], y[:, lag:], pair, dim=1)  # (B,)
+        rows = defined & (pair.sum(dim=1) >= FIXED_CONSTANTS["lag_min_pairs"])
+        n_rows = int(rows.sum())
+        if n_rows == 0:
+            per_lag.append(float("nan"))
+            continue
+        mean_corr = torch.where(rows, corr, torch.zeros_like(corr)).sum() / n_rows
+        per_lag.append(float(mean_corr.detach()))
+        weighted = weighted + float(lag_weights[lag - 1]) * mean_corr
+        used_weight += float(lag_weights[lag - 1])
+        count += n_rows
+    value = weighted / used_weight if used_weight > 0 else weighted * 0.0
+    return value, per_lag, count
+
+
+def retention_loss(rho_m: torch.Tensor, peak: float, delta: float, weight: float) -> torch.Tensor:
+    """L_ret = weight * relu(peak - rho_M - delta); rho_M is the batch's (differentiable) mastery correlation."""
+    return weight * F.relu(peak - rho_m - delta)
+
+
+def warmup_scale(epoch0: int, warmup_epochs: int, cosine: bool) -> float:
+    """s_e = min(1, (e+1)/W) (linear) or 0.5 * (1 - cos(pi * min(1, (e+1)/W))) (cosine); W <= 0 -> 1.
+    e = epoch0 is 0-based."""
+    if warmup_epochs <= 0:
+        return 1.0
+    frac = min(1.0, (epoch0 + 1) / warmup_epochs)
+    return 0.5 * (1.0 - math.cos(math.pi * frac)) if cosine else frac
+
+
+# ----------------------------------------------------------------------------------------------- objective
+
+class Objective:
+    """Weights, schedules and epoch-level controls of the objective. All state is in `state_dict()`."""
+
+    def __init__(self, params: dict):
+        missing = [k for k in OBJECTIVE_PARAM_KEYS if k not in params]
+        if missing:
+            raise ConfigError(
+                f"objective parameters missing: {', '.join(missing)}; "
+                "fix: start from configs/parameter_default.json, which defines every key"
+            )
+        self.params = {k: params[k] for k in OBJECTIVE_PARAM_KEYS}
+        p = self.params
+        # Constraint weights actually in force (enhanced_constraints false -> all 0); changed by end_epoch.
+        self.weights = {
+            name: float(p[f"{name}_loss_weight"]) if p["enhanced_constraints"] else 0.0 for name in CONSTRAINTS
+        }
+        self._check_heads({"mastery": p["use_mastery_head"], "gains": p["use_gain_head"]})
+        self.alignment_base_weight = float(p["alignment_weight"])
+        self.peak_mastery_corr: Optional[float] = None
+        self.last_reference_corr: Optional[float] = None  # global corr of the last epoch (or per-student if off)
+        self.rebalanced = False
+        self.variance_floor_count = 0
+        self.variance_floor_applied = False
+        self.begin_epoch(0)
+
+    # -- configuration checks
+    def _needed_heads(self) -> dict[str, list[str]]:
+        """head -> names of the terms in force that read it."""
+        p, need = self.params, {"mastery": [], "gains": []}
+        for name in CONSTRAINTS:
+            if self.weights[name] > 0:
+                for head in _CONSTRAINT_HEADS[name]:
+                    need[head].append(f"{name}_loss_weight")
+        if p["enable_alignment_loss"] and p["alignment_weight"] > 0:
+            need["mastery"].append("enable_alignment_loss")
+            need["gains"].append("enable_alignment_loss")
+        if p["enable_lag_gain_loss"] and p["lag_gain_weight"] > 0:
+            need["gains"].append("enable_lag_gain_loss")
+        if p["enable_retention_loss"] and p["retention_weight"] > 0:
+            need["mastery"].append("enable_retention_loss")
+        return need
+
+    def _check_heads(self, present: dict[str, bool]) -> None:
+        problems = [
+            f"{key} needs {_HEAD_FLAG[head]}=true (fix: set {key} to 0/false or {_HEAD_FLAG[head]} to true)"
+            for head, keys in self._needed_heads().items() if not present[head] for key in keys
+        ]
+        if problems:
+            raise ConfigError("loss terms need a head that is off: " + "; ".join(problems))
+
+    # -- epoch schedule
+    def begin_epoch(self, epoch0: int) -> None:
+        """Set the schedules of 0-based epoch `epoch0` from the parameters and the last end_epoch."""
+        p, epoch = self.params, epoch0 + 1
+        self.epoch0 = epoch0
+        self.warmup_scale = warmup_scale(epoch0, p["warmup_constraint_epochs"], p["enable_cosine_perf_schedule"])
+        self.alignment_warmup = warmup_scale(epoch0, p["alignment_warmup_epochs"], False)
+        ref, min_corr = self.last_reference_corr, p["alignment_min_correlation"]
+        self.adaptive_factor = 1.0
+        if p["adaptive_alignment"] and epoch > p["alignment_warmup_epochs"] and ref is not None and ref < min_corr:
+            self.adaptive_factor = min(
+                FIXED_CONSTANTS["adaptive_alignment_max"],
+                1.0 + FIXED_CONSTANTS["adaptive_alignment_slope"] * (min_corr - ref),
+            )
+        self.effective_alignment_weight = (
+            self.alignment_base_weight * self.alignment_warmup * self.adaptive_factor
+            if p["enable_alignment_loss"] else 0.0
+        )
+        self.lag_active = bool(
+            p["enable_lag_gain_loss"]
+            and epoch >= p["warmup_constraint_epochs"] + FIXED_CONSTANTS["lag_start_offset_epochs"]
+        )
+        self.retention_active = bool(
+            p["enable_retention_loss"] and epoch > p["warmup_constraint_epochs"]
+            and ref is not None and self.peak_mastery_corr is not None
+            and ref < self.peak_mastery_corr - p["retention_delta"]
+        )
+
+    def effective_constraint_weights(self) -> dict[str, float]:
+        """Constraint weights of this epoch: the performance terms scaled by the warm-up s_e."""
+        w = dict(self.weights)
+        for name in ("mastery_performance", "gain_performance"):
+            w[name] *= self.warmup_scale
+        return w
+
+    # -- per batch
+    def __call__(self, out, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """total = L_bce + sum_k w_k L_k + L_align + L_lag + L_ret; returns (total, detached floats for logging)."""
+        p = self.params
+        self._check_heads({"mastery": out.mastery is not None, "gains": out.gains is not None})
+        m, g, mask, c, r, y = out.mastery, out.gains, batch.mask, batch.c, batch.r, batch.y
+        bce = bce_loss(out.logits, y, mask)
+        parts: dict[str, float] = {"bce": float(bce.detach())}
+
+        terms = {
+            "non_negative": lambda: non_negative_loss(g, mask),
+            "monotonicity": lambda: monotonicity_loss(m, mask),
+            "mastery_performance": lambda: mastery_performance_loss(m, c, r, mask),
+            "gain_performance": lambda: gain_performance_loss(g, c, r, mask, p["gain_performance_margin"]),
+            "sparsity": lambda: sparsity_loss(g, c, mask),
+            "consistency": lambda: consistency_loss(m, g, mask, p["mastery_gain_scale"]),
+        }
+        constraint_total = bce.new_zeros(())
+        for name, weight in self.effective_constraint_weights().items():
+            term = weight * terms[name]() if weight > 0 else bce.new_zeros(())
+            parts[name] = float(term.detach())
+            constraint_total = constraint_total + term
+        parts["constraint_total"] = float(constraint_total.detach())
+
+        align = bce.new_zeros(())
+        if p["enable_alignment_loss"] and m is not None and g is not None:
+            rho_m, rho_g = alignment_correlations(
+                m, g, y, mask, p["use_residual_alignment"], p["alignment_residual_window"]
+            )
+            align = -(rho_m + rho_g) * self.effective_alignment_weight
+        else:  # logged only (SPEC §6 alignment_corr_*), no gradient needed
+            with torch.no_grad():
+                rho_m, rho_g = alignment_correlations(
+                    m, g, y, mask, p["use_residual_alignment"], p["alignment_residual_window"]
+                )
+        parts["alignment"] = float(align.detach())
+        parts["rho_m"] = float(rho_m.detach()) if rho_m is not None else float("nan")
+        parts["rho_g"] = float(rho_g.detach()) if rho_g is not None else float("nan")
+
+        lag = bce.new_zeros(())
+        parts["lag_value"], parts["lag_count"] = 0.0, 0.0
+        if self.lag_active and g is not None:
+            weights = [p["lag_l1_weight"], p["lag_l2_weight"], p["lag_l3_weight"]]
+            value, per_lag, count = lag_gain_correlation(g, y, mask, p["lag_max_lag"], weights)
+            lag = -p["lag_gain_weight"] * value.clamp(min=0)
+            parts["lag_value"], parts["lag_count"] = float(value.detach()), float(count)
+            for i, corr in enumerate(per_lag, start=1):
+                parts[f"lag_corr_l{i}"] = corr
+        parts["lag"] = float(lag.detach())
+
+        ret = bce.new_zeros(())
+        if self.retention_active and m is not None:
+            rho_m_raw = masked_pearson(m.mean(dim=-1), y, mask)  # raw y, not the residual
+            ret = retention_loss(rho_m_raw, self.peak_mastery_corr, p["retention_delta"], p["retention_weight"])
+        parts["retention"] = float(ret.detach())
+
+        total = bce + constraint_total + align + lag + ret
+        parts["total"] = float(total.detach())
+        return total, parts
+
+    # -- per epoch
+    def end_epoch(
+        self, epoch0: int, *, mastery_correlation: float, global_mastery_corr: Optional[float],
+        mean_mastery_variance: float, alignment_share: float,
+    ) -> dict:
+        """Epoch controls after validation of 0-based epoch `epoch0`; returns the state to log (floats).
+
+        reference corr = global_mastery_corr, or mastery_correlation when the global pass is off (None).
+        - peak_mastery_corr = max over epochs of the reference corr.
+        - consistency rebalance (once per run): 1-based epoch >= consistency_rebalance_epoch and
+          mastery_correlation < consistency_rebalance_threshold -> consistency weight := new weight
+          (only while the consistency term is in force, i.e. its weight > 0).
+        - share-cap decay: enable_alignment_loss, alignment_share > alignment_share_cap and the reference corr
+          did not beat the previous peak -> alignment base weight *= decay factor, not below the floor (0.05,
+          or the starting weight if that is lower).
+        - variance floor: after variance_floor_patience consecutive epochs with mean_mastery_variance <
+          variance_floor, sparsity weight *= variance_floor_reduce_factor (once per run).
+        Epoch-scoped values (warmup_scale, effective_alignment_weight, adaptive_factor, lag/retention_active)
+        are those this epoch used; weights and peak are after this epoch's updates.
+        """
+        p = self.params
+        ref = global_mastery_corr if global_mastery_corr is not None else mastery_correlation
+        ref = None if ref is None or math.isnan(ref) else float(ref)
+        previous_peak = self.peak_mastery_corr
+        improved = ref is not None and (previous_peak is None or ref > previous_peak)
+        if improved:
+            self.peak_mastery_corr = ref
+        self.last_reference_corr = ref
+
+        if (not self.rebalanced and epoch0 + 1 >= p["consistency_rebalance_epoch"]
+                and mastery_correlation < p["consistency_rebalance_threshold"] and self.weights["consistency"] > 0):
+            self.weights["consistency"] = float(p["consistency_rebalance_new_weight"])
+            self.rebalanced = True
+
+        if p["enable_alignment_loss"] and alignment_share > p["alignment_share_cap"] and not improved:
+            floor = min(FIXED_CONSTANTS["alignment_weight_floor"], float(p["alignment_weight"]))
+            self.alignment_base_weight = max(floor, self.alignment_base_weight * p["alignment_share_decay_factor"])
+
+        self.variance_floor_count = self.variance_floor_count + 1 if mean_mastery_variance < p["variance_floor"] else 0
+        if not self.variance_floor_applied and self.variance_floor_count >= p["variance_floor_patience"]:
+            self.weights["sparsity"] *= float(p["variance_floor_reduce_factor"])
+            self.variance_floor_applied = True
+
+        return {
+            "warmup_scale": self.warmup_scale,
+            "effective_alignment_weight": self.effective_alignment_weight,
+            "peak_mastery_corr": self.peak_mastery_corr if self.peak_mastery_corr is not None else float("nan"),
+            "consistency_loss_weight_current": self.weights["consistency"],
+            "sparsity_loss_weight_current": self.weights["sparsity"],
+            "retention_active": float(self.retention_active),
+            "lag_active": float(self.lag_active),
+            "adaptive_factor": self.adaptive_factor,
+        }
+
+    def state_dict(self) -> dict:
+        """Everything the objective holds besides its parameters (for logging and checkpoints)."""
+        return {
+            "epoch0": self.epoch0,
+            "weights": dict(self.weights),
+            "alignment_base_weight": self.alignment_base_weight,
+            "warmup_scale": self.warmup_scale,
+            "alignment_warmup": self.alignment_warmup,
+            "adaptive_factor": self.adaptive_factor,
+            "effective_alignment_weight": self.effective_alignment_weight,
+            "lag_active": self.lag_active,
+            "retention_active": self.retention_active,
+            "peak_mastery_corr": self.peak_mastery_corr,
+            "last_reference_corr": self.last_reference_corr,
+            "rebalanced": self.rebalanced,
+            "variance_floor_count": self.variance_floor_count,
+            "variance_floor_applied": self.variance_floor_applied,
+        }

@@ -1,0 +1,181 @@
+"""GainAKT3Exp: a two-stream causal transformer with per-skill mastery and learning-gain heads (SPEC §4).
+
+    model = GainAKT3Exp.from_params(params, num_c=100)
+    out = model(batch.c, batch.r, batch.q)   # ModelOutput(logits (B,L), mastery (B,L,C)|None, gains (B,L,C)|None)
+
+Shapes: B batch, L steps (L <= seq_len - 1), D d_model, C num_c.
+Interaction token x_t = c_t + C * r_t feeds two streams: the context stream H (queries and keys) and the
+value stream V (attention values). Attention is causal (step t sees steps <= t); padding is trailing, so
+causality alone keeps padded steps out of every valid step. Outputs are float32 even under bf16 autocast.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gainakt3exp.errors import ConfigError
+
+#: Keys of the run parameter dict that build the model (num_c comes from the data set).
+MODEL_PARAM_KEYS = (
+    "seq_len",
+    "d_model",
+    "n_heads",
+    "num_encoder_blocks",
+    "d_ff",
+    "dropout",
+    "emb_type",
+    "use_mastery_head",
+    "use_gain_head",
+    "mastery_gain_scale",
+)
+
+SUPPORTED_EMB_TYPES = ("qid",)
+
+
+class ModelOutput(NamedTuple):
+    """What the forward returns; heads that are switched off give None."""
+
+    logits: torch.Tensor  # z_t, logit of r_{t+1} (B, L)
+    mastery: Optional[torch.Tensor]  # m_t per skill in [0, 1] (B, L, C)
+    gains: Optional[torch.Tensor]  # g_t per skill, >= 0 (B, L, C)
+
+
+class _EncoderBlock(nn.Module):
+    """One two-stream block: Q, K from H, V from V; out updates both streams, the FFN only H."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float):
+        super().__init__()
+        self.n_heads = n_heads
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model)
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.ln_context = nn.LayerNorm(d_model)
+        self.ln_value = nn.LayerNorm(d_model)
+        self.ln_ffn = nn.LayerNorm(d_model)
+        self.ffn = nn.Sequential(
+            nn.Linear(d_model, d_ff), nn.ReLU(), nn.Dropout(dropout), nn.Linear(d_ff, d_model)
+        )
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, l, d = x.shape
+        return x.view(b, l, self.n_heads, d // self.n_heads).transpose(1, 2)  # (B, h, L, D/h)
+
+    def forward(self, h: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, l, d = h.shape
+        attn = F.scaled_dot_product_attention(
+            self._split_heads(self.q_proj(h)),
+            self._split_heads(self.k_proj(h)),
+            self._split_heads(self.v_proj(v)),
+            is_causal=True,
+        )  # (B, h, L, D/h)
+        out = self.dropout(self.out_proj(attn.transpose(1, 2).reshape(b, l, d)))  # (B, L, D)
+        h1 = self.ln_context(h + out)
+        v_new = self.ln_value(v + out)
+        h_new = self.ln_ffn(h1 + self.ffn(h1))
+        return h_new, v_new
+
+
+class GainAKT3Exp(nn.Module):
+    """The GainAKT3Exp model (SPEC §4). Every argument is required: defaults live only in parameter_default.json."""
+
+    def __init__(
+        self,
+        *,
+        num_c: int,
+        seq_len: int,
+        d_model: int,
+        n_heads: int,
+        num_encoder_blocks: int,
+        d_ff: int,
+        dropout: float,
+        emb_type: str,
+        use_mastery_head: bool,
+        use_gain_head: bool,
+        mastery_gain_scale: float,
+    ):
+        super().__init__()
+        _check_architecture(num_c, seq_len, d_model, n_heads, num_encoder_blocks, d_ff, dropout, emb_type)
+        self.num_c = num_c
+        self.seq_len = seq_len
+        self.use_mastery_head = use_mastery_head
+        self.use_gain_head = use_gain_head
+        self.mastery_gain_scale = float(mastery_gain_scale)
+
+        self.context_emb = nn.Embedding(2 * num_c, d_model)  # interaction token -> H_0
+        self.value_emb = nn.Embedding(2 * num_c, d_model)  # interaction token -> V_0
+        self.concept_emb = nn.Embedding(num_c, d_model)  # query concept c_{t+1}
+        self.pos_emb = nn.Embedding(seq_len, d_model)  # added to both streams
+        self.blocks = nn.ModuleList(
+            _EncoderBlock(d_model, n_heads, d_ff, dropout) for _ in range(num_encoder_blocks)
+        )
+        self.prediction_head = nn.Sequential(
+            nn.Linear(3 * d_model, d_ff), nn.ReLU(), nn.Dropout(dropout), nn.Linear(d_ff, 1)
+        )
+        self.gain_head = nn.Linear(d_model, num_c) if use_gain_head else None
+        self.mastery_head = nn.Linear(d_model, num_c) if use_mastery_head else None
+
+    @classmethod
+    def from_params(cls, params: dict, num_c: int) -> "GainAKT3Exp":
+        """Build the model from the run parameter dict (only MODEL_PARAM_KEYS are read) and the data set's num_c."""
+        missing = [k for k in MODEL_PARAM_KEYS if k not in params]
+        if missing:
+            raise ConfigError(
+                f"model parameters missing: {', '.join(missing)}; "
+                "fix: start from configs/parameter_default.json, which defines every key"
+            )
+        return cls(num_c=num_c, **{k: params[k] for k in MODEL_PARAM_KEYS})
+
+    def forward(self, c: torch.Tensor, r: torch.Tensor, q: torch.Tensor) -> ModelOutput:
+        """c, r, q: (B, L) long (current concept, current response, next concept; padding already 0)."""
+        assert c.shape == r.shape == q.shape and c.dim() == 2, (c.shape, r.shape, q.shape)
+        l = c.shape[1]
+        if l > self.seq_len:
+            raise ConfigError(
+                f"seq_len={self.seq_len} but a batch has {l} steps; fix: set seq_len to the data files' window length"
+            )
+        x = c + self.num_c * r  # interaction token (B, L)
+        pos = self.pos_emb.weight[:l]  # (L, D)
+        h = self.context_emb(x) + pos  # context stream (B, L, D)
+        v = self.value_emb(x) + pos  # value stream (B, L, D)
+        for block in self.blocks:
+            h, v = block(h, v)
+
+        features = torch.cat([h, v, self.concept_emb(q)], dim=-1)  # (B, L, 3D)
+        logits = self.prediction_head(features).squeeze(-1).float()  # z (B, L)
+
+        gains = None
+        if self.gain_head is not None:
+            gains = F.relu(self.gain_head(v)).float()  # g (B, L, C)
+
+        mastery = None
+        if self.mastery_head is not None:
+            if gains is not None:
+                m0 = torch.sigmoid(self.mastery_head(h[:, :1]).float())  # m_0 (B, 1, C)
+                g_from_1 = torch.cat([torch.zeros_like(gains[:, :1]), gains[:, 1:]], dim=1)
+                # m_t = min(1, m_0 + scale * sum_{1<=tau<=t} g_tau)
+                mastery = torch.clamp(m0 + self.mastery_gain_scale * g_from_1.cumsum(dim=1), max=1.0)
+            else:
+                mastery = torch.sigmoid(self.mastery_head(h).float())  # (B, L, C)
+        return ModelOutput(logits=logits, mastery=mastery, gains=gains)
+
+
+def _check_architecture(num_c, seq_len, d_model, n_heads, num_encoder_blocks, d_ff, dropout, emb_type) -> None:
+    """Refuse shapes the model cannot be built with, listing every problem at once."""
+    problems = []
+    if emb_type not in SUPPORTED_EMB_TYPES:
+        problems.append(f"emb_type={emb_type!r} is not supported; allowed: {', '.join(SUPPORTED_EMB_TYPES)}")
+    for key, value in (("num_c", num_c), ("seq_len", seq_len), ("d_model", d_model), ("n_heads", n_heads),
+                       ("num_encoder_blocks", num_encoder_blocks), ("d_ff", d_ff)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            problems.append(f"{key}={value!r} must be an integer >= 1")
+    if not problems and d_model % n_heads != 0:
+        problems.append(f"n_heads={n_heads} must divide d_model={d_model}")
+    if not (0.0 <= float(dropout) < 1.0):
+        problems.append(f"dropout={dropout!r} must be in [0, 1)")
+    if problems:
+        raise ConfigError("invalid model configuration: " + "; ".join(problems))

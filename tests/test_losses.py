@@ -1,0 +1,376 @@
+"""Loss terms and the Objective's schedules (SPEC §5, §8). Expected values are worked out by hand in comments
+or by a naive numpy loop, never by calling the code under test."""
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gainakt3exp.data import Batch
+from gainakt3exp.errors import ConfigError
+from gainakt3exp.losses import (
+    FIXED_CONSTANTS,
+    Objective,
+    alignment_correlations,
+    bce_loss,
+    consistency_loss,
+    gain_performance_loss,
+    lag_gain_correlation,
+    masked_pearson,
+    mastery_performance_loss,
+    monotonicity_loss,
+    non_negative_loss,
+    residual_performance,
+    retention_loss,
+    sparsity_loss,
+    warmup_scale,
+)
+from gainakt3exp.model import GainAKT3Exp, ModelOutput
+
+DEFAULTS = json.loads((Path(__file__).parents[1] / "configs" / "parameter_default.json").read_text())["defaults"]
+T, F_ = True, False
+
+
+def _t(x, dtype=torch.float32):
+    return torch.tensor(x, dtype=dtype)
+
+
+def _b(x):
+    return torch.tensor(x, dtype=torch.bool)
+
+
+def _l(x):
+    return torch.tensor(x, dtype=torch.long)
+
+
+# ------------------------------------------------------------------------------------ terms, hand values
+
+def test_bce_is_mean_over_valid_steps():
+    z = _t([[0.0, math.log(3.0)], [0.0, 50.0]])
+    y = _t([[1.0, 0.0], [0.0, 0.0]])
+    mask = _b([[T, T], [T, F_]])
+    # BCE(0,1) = ln2, BCE(ln3,0) = -ln(1 - 3/4) = ln4, BCE(0,0) = ln2 -> (4 ln2) / 3; the padded 50 is ignored
+    assert float(bce_loss(z, y, mask)) == pytest.approx(4 * math.log(2) / 3, abs=1e-6)
+
+
+def test_non_negative_is_mean_relu_minus_gain_over_valid_steps_and_skills():
+    g = _t([[[-1.0, 2.0, 0.0], [0.5, -0.5, 0.0]]])
+    assert float(non_negative_loss(g, _b([[T, F_]]))) == pytest.approx(1.0 / 3.0)  # (1 + 0 + 0) / 3
+
+
+def test_monotonicity_counts_only_pairs_of_valid_steps():
+    m = _t([[[0.5, 0.5], [0.3, 0.6], [0.4, 0.2], [0.0, 0.0]]])
+    # pairs (0,1): [0.2, 0]; (1,2): [0, 0.4]; (2,3) is padding -> 0.6 / 4
+    assert float(monotonicity_loss(m, _b([[T, T, T, F_]]))) == pytest.approx(0.15)
+
+
+def test_mastery_performance_hand_value_and_empty_wrong_set():
+    m = _t([[[0.8, 0.1, 0.1], [0.5, 0.3, 0.5], [0.0, 0.0, 0.6], [0.9, 0.9, 0.9]]])
+    c, mask = _l([[0, 1, 2, 0]]), _b([[T, T, T, F_]])
+    # correct steps 0, 2: mean(1-0.8, 1-0.6) = 0.3; wrong step 1: 0.3 -> 0.6
+    assert float(mastery_performance_loss(m, c, _l([[1, 0, 1, 0]]), mask)) == pytest.approx(0.6)
+    # all valid steps correct: the wrong term is empty and adds 0 -> mean(0.2, 0.7, 0.4)
+    assert float(mastery_performance_loss(m, c, _l([[1, 1, 1, 0]]), mask)) == pytest.approx(1.3 / 3)
+
+
+def test_gain_performance_hand_value_and_zero_when_one_set_is_empty():
+    g = torch.zeros(1, 4, 3)
+    g[0, 0, 0], g[0, 1, 1], g[0, 2, 2], g[0, 3, 0] = 0.2, 0.5, 0.4, 9.0
+    g.requires_grad_(True)
+    c, mask = _l([[0, 1, 2, 0]]), _b([[T, T, T, F_]])
+    # wrong: 0.5; correct: mean(0.2, 0.4) = 0.3 -> relu(0.5 - 0.3 + 0.1) = 0.3
+    assert gain_performance_loss(g, c, _l([[1, 0, 1, 0]]), mask, 0.1).item() == pytest.approx(0.3)
+    empty = gain_performance_loss(g, c, _l([[1, 1, 1, 0]]), mask, 0.1)
+    assert empty.item() == 0.0 and empty.requires_grad
+
+
+def test_sparsity_is_mean_abs_gain_of_other_skills():
+    g = _t([[[1.0, -2.0, 3.0], [4.0, 5.0, 6.0]]])
+    assert float(sparsity_loss(g, _l([[1, 0]]), _b([[T, F_]]))) == pytest.approx(2.0)  # (|1| + |3|) / 2
+
+
+def test_consistency_hand_value():
+    m = _t([[[0.2, 0.4], [0.5, 0.3], [0.0, 0.0]]])
+    g = _t([[[0.0, 0.0], [0.4, 0.2], [5.0, 5.0]]])
+    # t=1 only: |0.3 - 0.5*0.4| = 0.1, |-0.1 - 0.5*0.2| = 0.2 -> 0.15; t=2 is padding
+    assert float(consistency_loss(m, g, _b([[T, T, F_]]), 0.5)) == pytest.approx(0.15)
+
+
+def test_residual_moving_average_stays_within_each_row():
+    y = _t([[1, 0, 1, 1, 0], [0, 1, 1, 1, 1]])
+    mask = _b([[T, T, T, T, T], [T, T, T, F_, F_]])
+    # window 2: row 0 averages [1, .5, .5, 1, .5]; row 1 starts fresh: [0, .5, 1] then padding -> 0
+    expected = [[0.0, -0.5, 0.5, 0.0, -0.5], [0.0, 0.5, 0.0, 0.0, 0.0]]
+    np.testing.assert_allclose(residual_performance(y, mask, 2).numpy(), expected, atol=1e-7)
+    y_changed = y.clone()
+    y_changed[0] = 1 - y_changed[0]
+    torch.testing.assert_close(residual_performance(y_changed, mask, 2)[1], residual_performance(y, mask, 2)[1])
+
+
+def test_masked_pearson_hand_value_and_degenerate_cases():
+    x = _t([1.0, 2.0, 3.0, 100.0]).requires_grad_(True)
+    y = _t([1.0, 3.0, 2.0, -100.0])
+    mask = _b([T, T, T, F_])
+    # dx = [-1, 0, 1], dy = [-1, 1, 0]: cov 1, var 2 and 2 -> 0.5
+    assert masked_pearson(x, y, mask).item() == pytest.approx(0.5, abs=1e-6)
+    constant = masked_pearson(x, _t([2.0, 2.0, 2.0, 0.0]), mask)
+    single = masked_pearson(x, y, _b([T, F_, F_, F_]))
+    assert constant.item() == 0.0 and single.item() == 0.0
+    (constant + single).backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_alignment_correlations_use_skill_means():
+    m = _t([[[0.0, 2.0], [1.0, 3.0], [2.0, 4.0], [9.0, 9.0]]])  # M = [1, 2, 3]
+    g = _t([[[3.0, 3.0], [2.0, 2.0], [1.0, 1.0], [0.0, 0.0]]])  # G = [3, 2, 1]
+    y, mask = _t([[0.0, 1.0, 1.0, 0.0]]), _b([[T, T, T, F_]])
+    # corr([1,2,3], [0,1,1]) = 1 / sqrt(2 * 2/3) = sqrt(3)/2
+    rho_m, rho_g = alignment_correlations(m, g, y, mask, residual=False, window=5)
+    assert float(rho_m) == pytest.approx(math.sqrt(3) / 2, abs=1e-6)
+    assert float(rho_g) == pytest.approx(-math.sqrt(3) / 2, abs=1e-6)
+    # residual, window 1: P_t = y_t - y_t = 0 -> zero variance -> 0
+    rho_m, _ = alignment_correlations(m, g, y, mask, residual=True, window=1)
+    assert float(rho_m) == 0.0
+
+
+def test_lag_correlation_is_one_for_gains_that_predict_the_next_label():
+    g = _t([0, 1, 0, 1, 1, 0]).reshape(1, 6, 1)
+    y = _t([[0, 0, 1, 0, 1, 1]])  # y_{t+1} = G_t for t = 0..4
+    value, per_lag, count = lag_gain_correlation(g, y, torch.ones(1, 6, dtype=torch.bool), 1, [0.5, 0.3, 0.2])
+    assert float(value) == pytest.approx(1.0, abs=1e-6) and per_lag == pytest.approx([1.0]) and count == 1
+
+
+def _lag_reference(g, y, mask, max_lag, weights):
+    """Naive loops: per row and lag, np.corrcoef over the valid pairs (>= 3 pairs, non-constant)."""
+    big = g.mean(axis=-1)
+    total, used, per_lag, count = 0.0, 0.0, [], 0
+    for lag in range(1, max_lag + 1):
+        corrs = []
+        for b in range(big.shape[0]):
+            ts = [t for t in range(big.shape[1] - lag) if mask[b, t] and mask[b, t + lag]]
+            xs, ys = big[b, ts], y[b, [t + lag for t in ts]]
+            if len(ts) >= 3 and xs.std() > 0 and ys.std() > 0:
+                corrs.append(np.corrcoef(xs, ys)[0, 1])
+        per_lag.append(np.mean(corrs) if corrs else np.nan)
+        if corrs:
+            total += weights[lag - 1] * np.mean(corrs)
+            used += weights[lag - 1]
+            count += len(corrs)
+    return (total / used if used else 0.0), per_lag, count
+
+
+def test_lag_correlation_matches_a_naive_per_row_loop():
+    rng = np.random.default_rng(0)
+    g = rng.random((3, 6, 3))
+    y = np.array([[1, 0, 1, 1, 0, 1], [0, 0, 1, 0, 1, 1], [1, 0, 1, 0, 0, 0]], dtype=float)
+    mask = np.array([[1] * 6, [1] * 5 + [0], [1] * 3 + [0] * 3], dtype=bool)  # row 2: 2 lag-1 pairs -> skipped
+    want_value, want_per_lag, want_count = _lag_reference(g, y, mask, 3, [0.5, 0.3, 0.2])
+    value, per_lag, count = lag_gain_correlation(_t(g), _t(y), torch.from_numpy(mask), 3, [0.5, 0.3, 0.2])
+    assert float(value) == pytest.approx(want_value, abs=1e-5)
+    np.testing.assert_allclose(per_lag, want_per_lag, atol=1e-5)
+    assert count == want_count == 5
+
+
+def test_retention_loss_hand_value_and_gradient():
+    rho = _t(0.2).requires_grad_(True)
+    loss = retention_loss(rho, peak=0.5, delta=0.005, weight=0.14)
+    loss.backward()
+    assert loss.item() == pytest.approx(0.14 * 0.295) and float(rho.grad) == pytest.approx(-0.14)
+
+
+@pytest.mark.parametrize("epoch0,warmup,cosine,expected", [
+    (0, 4, False, 0.25), (1, 4, False, 0.5), (3, 4, False, 1.0), (10, 4, False, 1.0),
+    (0, 4, True, 0.5 * (1 - math.cos(math.pi / 4))), (1, 4, True, 0.5), (5, 4, True, 1.0),
+    (0, 0, False, 1.0), (0, -1, True, 1.0),
+])
+def test_warmup_schedule_values(epoch0, warmup, cosine, expected):
+    assert warmup_scale(epoch0, warmup, cosine) == pytest.approx(expected)
+
+
+# ------------------------------------------------------------------------------------ padding
+
+def _tiny_batch_and_output(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    B, L, C = 3, 6, 4
+    mask = torch.ones(B, L, dtype=torch.bool)
+    mask[1, 4:] = False
+    mask[2, 3:] = False
+    c = torch.randint(0, C, (B, L), generator=gen)
+    r = torch.randint(0, 2, (B, L), generator=gen)
+    y = torch.randint(0, 2, (B, L), generator=gen).float()
+    batch = Batch(c=c, r=r, q=c, y=y, mask=mask, score=mask, rows=torch.arange(B))
+    out = ModelOutput(logits=torch.randn(B, L, generator=gen), mastery=torch.rand(B, L, C, generator=gen),
+                      gains=torch.rand(B, L, C, generator=gen) - 0.2)
+    return batch, out
+
+
+def _all_terms(batch, out):
+    m, g, c, r, y, mask = out.mastery, out.gains, batch.c, batch.r, batch.y, batch.mask
+    return {
+        "bce": bce_loss(out.logits, y, mask),
+        "non_negative": non_negative_loss(g, mask),
+        "monotonicity": monotonicity_loss(m, mask),
+        "mastery_performance": mastery_performance_loss(m, c, r, mask),
+        "gain_performance": gain_performance_loss(g, c, r, mask, 0.1),
+        "sparsity": sparsity_loss(g, c, mask),
+        "consistency": consistency_loss(m, g, mask, 0.1),
+        "alignment": sum(alignment_correlations(m, g, y, mask, True, 2)),
+        "alignment_raw": sum(alignment_correlations(m, g, y, mask, False, 2)),
+        "lag": lag_gain_correlation(g, y, mask, 3, [0.5, 0.3, 0.2])[0],
+    }
+
+
+def test_padded_values_change_no_loss_term():
+    batch, out = _tiny_batch_and_output()
+    pad = ~batch.mask
+    gen = torch.Generator().manual_seed(9)
+    noisy = ModelOutput(
+        logits=torch.where(pad, 100 * torch.randn(pad.shape, generator=gen), out.logits),
+        mastery=torch.where(pad.unsqueeze(-1), torch.rand(out.mastery.shape, generator=gen), out.mastery),
+        gains=torch.where(pad.unsqueeze(-1), -5 * torch.rand(out.gains.shape, generator=gen), out.gains),
+    )
+    noisy_batch = Batch(c=torch.where(pad, 3 - batch.c, batch.c), r=torch.where(pad, 1 - batch.r, batch.r),
+                        q=batch.q, y=torch.where(pad, 1 - batch.y, batch.y), mask=batch.mask, score=batch.score,
+                        rows=batch.rows)
+    clean, dirty = _all_terms(batch, out), _all_terms(noisy_batch, noisy)
+    for name in clean:
+        assert float(dirty[name]) == pytest.approx(float(clean[name]), abs=1e-6), name
+
+
+def test_terms_of_an_all_padding_batch_are_zero_and_keep_the_graph():
+    batch, out = _tiny_batch_and_output()
+    batch.mask = torch.zeros_like(batch.mask)
+    out = ModelOutput(*(t.requires_grad_(True) for t in out))
+    for name, term in _all_terms(batch, out).items():
+        assert term.item() == 0.0, name
+        assert term.requires_grad, name
+
+
+# ------------------------------------------------------------------------------------ Objective
+
+def _params(**overrides):
+    return dict(DEFAULTS, **overrides)
+
+
+def test_disabled_enhanced_constraints_leave_pure_bce():
+    batch, out = _tiny_batch_and_output()
+    objective = Objective(_params(enhanced_constraints=False, enable_alignment_loss=False,
+                                  enable_lag_gain_loss=False, enable_retention_loss=False))
+    objective.begin_epoch(20)
+    total, parts = objective(out, batch)
+    assert float(total) == float(bce_loss(out.logits, batch.y, batch.mask))
+    assert all(parts[name] == 0.0 for name in
+               ("non_negative", "monotonicity", "mastery_performance", "gain_performance", "sparsity",
+                "consistency", "constraint_total", "alignment", "lag", "retention"))
+
+
+def test_total_is_the_sum_of_its_logged_parts():
+    batch, out = _tiny_batch_and_output()
+    objective = Objective(_params(warmup_constraint_epochs=2, non_negative_loss_weight=0.5))
+    objective.begin_epoch(4)  # lag active from 1-based epoch 2 + 3 = 5
+    total, parts = objective(out, batch)
+    assert objective.lag_active and parts["lag_count"] > 0
+    terms = ("non_negative", "monotonicity", "mastery_performance", "gain_performance", "sparsity", "consistency")
+    assert parts["constraint_total"] == pytest.approx(sum(parts[k] for k in terms), abs=1e-6)
+    assert parts["non_negative"] == pytest.approx(0.5 * float(non_negative_loss(out.gains, batch.mask)))
+    assert float(total) == pytest.approx(
+        parts["bce"] + parts["constraint_total"] + parts["alignment"] + parts["lag"] + parts["retention"], abs=1e-6)
+    # w_eff = alignment_weight 0.25 x alignment warm-up (4+1)/8 x adaptive 1 (no reference correlation yet)
+    assert parts["alignment"] == pytest.approx(-(parts["rho_m"] + parts["rho_g"]) * 0.25 * 5 / 8, abs=1e-6)
+
+
+def test_performance_weights_follow_the_warmup_and_the_others_do_not():
+    objective = Objective(_params(warmup_constraint_epochs=4))
+    objective.begin_epoch(0)
+    w = objective.effective_constraint_weights()
+    assert w["mastery_performance"] == pytest.approx(0.8 * 0.25) and w["gain_performance"] == pytest.approx(0.2)
+    assert w["monotonicity"] == 0.1 and w["sparsity"] == 0.2 and w["consistency"] == 0.3
+
+
+def test_lag_starts_at_warmup_plus_three():
+    objective = Objective(_params(warmup_constraint_epochs=2))
+    objective.begin_epoch(3)
+    assert not objective.lag_active
+    objective.begin_epoch(4)
+    assert objective.lag_active
+    assert FIXED_CONSTANTS["lag_start_offset_epochs"] == 3
+
+
+def test_retention_activates_after_a_drop_below_peak_and_trains_the_model():
+    params = _params(warmup_constraint_epochs=0, enhanced_constraints=False, enable_alignment_loss=False,
+                     enable_lag_gain_loss=False, seq_len=7, d_model=8, n_heads=2, num_encoder_blocks=1, d_ff=8)
+    objective = Objective(params)
+    shared = dict(mastery_correlation=0.3, mean_mastery_variance=1.0, alignment_share=0.0)
+    objective.end_epoch(0, global_mastery_corr=0.5, **shared)
+    objective.begin_epoch(1)
+    assert not objective.retention_active  # at the peak
+    objective.end_epoch(1, global_mastery_corr=0.1, **shared)
+    objective.begin_epoch(2)
+    assert objective.retention_active and objective.peak_mastery_corr == 0.5
+    torch.manual_seed(0)
+    model = GainAKT3Exp.from_params(params, num_c=4)
+    batch, _ = _tiny_batch_and_output()
+    total, parts = objective(model(batch.c, batch.r, batch.q), batch)
+    assert parts["retention"] > 0
+    # with constraints and alignment off, only retention reaches the mastery head
+    (grad,) = torch.autograd.grad(total, model.mastery_head.weight)
+    assert grad.abs().sum() > 0
+
+
+def test_consistency_rebalance_happens_once():
+    objective = Objective(_params(consistency_rebalance_epoch=2, consistency_rebalance_threshold=0.1,
+                                  consistency_rebalance_new_weight=0.2))
+    kw = dict(global_mastery_corr=None, mean_mastery_variance=1.0, alignment_share=0.0)
+    weights = [objective.end_epoch(e, mastery_correlation=0.0, **kw)["consistency_loss_weight_current"]
+               for e in range(4)]
+    assert weights == [0.3, 0.2, 0.2, 0.2] and objective.state_dict()["rebalanced"]
+
+
+def test_variance_floor_reduces_sparsity_once_after_patience():
+    objective = Objective(_params(variance_floor=1e-4, variance_floor_patience=3, variance_floor_reduce_factor=0.5))
+    variances = [0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    weights = [objective.end_epoch(e, mastery_correlation=0.3, global_mastery_corr=0.3, mean_mastery_variance=v,
+                                   alignment_share=0.0)["sparsity_loss_weight_current"]
+               for e, v in enumerate(variances)]
+    assert weights == pytest.approx([0.2] * 5 + [0.1] * 5)
+
+
+def test_share_cap_decay_stops_at_the_floor():
+    objective = Objective(_params(alignment_weight=0.25, alignment_share_cap=0.08, alignment_share_decay_factor=0.7,
+                                  alignment_warmup_epochs=0, adaptive_alignment=False))
+    bases = []
+    for e in range(7):
+        objective.begin_epoch(e)
+        objective.end_epoch(e, mastery_correlation=0.3, global_mastery_corr=0.3, mean_mastery_variance=1.0,
+                            alignment_share=0.5)
+        bases.append(objective.alignment_base_weight)
+    # epoch 1 sets the peak (an improvement: no decay), then 0.25 * 0.7^k until the floor 0.05
+    assert bases == pytest.approx([0.25, 0.175, 0.1225, 0.08575, 0.060025, 0.05, 0.05])
+    objective.begin_epoch(7)
+    assert objective.effective_alignment_weight == pytest.approx(0.05)
+
+
+def test_adaptive_factor_is_capped_and_waits_for_the_alignment_warmup():
+    objective = Objective(_params(alignment_warmup_epochs=2, alignment_min_correlation=0.05))
+    kw = dict(mastery_correlation=0.0, mean_mastery_variance=1.0, alignment_share=0.0)
+    objective.end_epoch(0, global_mastery_corr=0.0, **kw)
+    objective.begin_epoch(1)
+    assert objective.adaptive_factor == 1.0  # 1-based epoch 2 is still warm-up
+    objective.begin_epoch(2)
+    assert objective.adaptive_factor == pytest.approx(1.2)  # 1 + 4 * 0.05
+    objective.end_epoch(2, global_mastery_corr=-0.5, **kw)
+    objective.begin_epoch(3)
+    assert objective.adaptive_factor == 3.0  # 1 + 4 * 0.55 = 3.2 -> cap
+    assert objective.effective_alignment_weight == pytest.approx(0.25 * 3.0)
+
+
+def test_weight_on_a_missing_head_is_a_config_error():
+    with pytest.raises(ConfigError, match="sparsity_loss_weight"):
+        Objective(_params(use_gain_head=False, non_negative_loss_weight=0.0, gain_performance_loss_weight=0.0,
+                          consistency_loss_weight=0.0, enable_alignment_loss=False, enable_lag_gain_loss=False))
+    objective = Objective(_params())
+    batch, out = _tiny_batch_and_output()
+    with pytest.raises(ConfigError, match="use_mastery_head"):
+        objective(out._replace(mastery=None), batch)

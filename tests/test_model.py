@@ -1,0 +1,160 @@
+"""GainAKT3Exp (SPEC §4): causality, head flags, the mastery closed form, determinism, bf16, a golden value."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gainakt3exp.data import Batch
+from gainakt3exp.errors import ConfigError
+from gainakt3exp.losses import Objective
+from gainakt3exp.model import GainAKT3Exp, ModelOutput
+
+DEFAULTS = json.loads((Path(__file__).parents[1] / "configs" / "parameter_default.json").read_text())["defaults"]
+C, B, L = 4, 3, 6
+
+
+def _model(**overrides) -> GainAKT3Exp:
+    kwargs = dict(num_c=C, seq_len=L + 1, d_model=16, n_heads=2, num_encoder_blocks=2, d_ff=24, dropout=0.1,
+                  emb_type="qid", use_mastery_head=True, use_gain_head=True, mastery_gain_scale=0.1)
+    kwargs.update(overrides)
+    return GainAKT3Exp(**kwargs).eval()
+
+
+def _inputs(seed: int = 1):
+    gen = torch.Generator().manual_seed(seed)
+    c = torch.randint(0, C, (B, L), generator=gen)
+    r = torch.randint(0, 2, (B, L), generator=gen)
+    q = torch.randint(0, C, (B, L), generator=gen)
+    return c, r, q
+
+
+def _final_streams(model, c, r, q):
+    """(H, V) after the last block, captured with a forward hook."""
+    captured = {}
+    handle = model.blocks[-1].register_forward_hook(lambda mod, inp, outp: captured.update(hv=outp))
+    out = model(c, r, q)
+    handle.remove()
+    return out, captured["hv"]
+
+
+def test_prediction_mastery_and_gains_ignore_future_responses():
+    torch.manual_seed(0)
+    model = _model()
+    c, r, q = _inputs()
+    with torch.no_grad():
+        base = model(c, r, q)
+        for t in range(L - 1):
+            r_flip = r.clone()
+            r_flip[:, t + 1:] = 1 - r_flip[:, t + 1:]
+            flipped = model(c, r_flip, q)
+            for a, b in zip(base, flipped):
+                torch.testing.assert_close(a[:, : t + 1], b[:, : t + 1], rtol=0, atol=1e-6)
+            assert not torch.allclose(base.logits[:, t + 1:], flipped.logits[:, t + 1:])  # the flip is seen later
+
+
+@pytest.mark.parametrize("mastery_on,gains_on", [(True, True), (True, False), (False, True), (False, False)])
+def test_output_shapes_and_missing_heads_are_none(mastery_on, gains_on):
+    torch.manual_seed(0)
+    out = _model(use_mastery_head=mastery_on, use_gain_head=gains_on)(*_inputs())
+    assert isinstance(out, ModelOutput)
+    assert out.logits.shape == (B, L) and out.logits.dtype == torch.float32
+    assert (out.mastery is not None) == mastery_on and (out.gains is not None) == gains_on
+    for head in (out.mastery, out.gains):
+        if head is not None:
+            assert head.shape == (B, L, C)
+    if gains_on:
+        assert (out.gains >= 0).all()
+
+
+def test_mastery_is_initial_mastery_plus_scaled_cumulative_gains_capped_at_one():
+    torch.manual_seed(0)
+    scale = 3.0  # large, so that the cap at 1 is reached
+    model = _model(mastery_gain_scale=scale)
+    c, r, q = _inputs()
+    with torch.no_grad():
+        out, (h, _) = _final_streams(model, c, r, q)
+        m0 = torch.sigmoid(model.mastery_head(h[:, 0])).numpy()  # (B, C)
+    g = out.gains.numpy()
+    expected = np.empty((B, L, C), dtype=np.float64)
+    for t in range(L):
+        expected[:, t] = np.minimum(1.0, m0 + scale * g[:, 1: t + 1].sum(axis=1))
+    np.testing.assert_allclose(out.mastery.numpy(), expected, atol=1e-6)
+    assert (out.mastery <= 1).all() and (out.mastery == 1).any()
+
+
+def test_mastery_without_gain_head_is_sigmoid_of_context_stream():
+    torch.manual_seed(0)
+    model = _model(use_gain_head=False)
+    with torch.no_grad():
+        out, (h, _) = _final_streams(model, *_inputs())
+        torch.testing.assert_close(out.mastery, torch.sigmoid(model.mastery_head(h)))
+
+
+def test_unsupported_emb_type_is_refused():
+    with pytest.raises(ConfigError, match="emb_type"):
+        _model(emb_type="qid_cl")
+
+
+def test_n_heads_not_dividing_d_model_is_refused():
+    with pytest.raises(ConfigError, match="n_heads"):
+        _model(n_heads=3)
+
+
+def test_from_params_reads_the_run_parameters():
+    params = dict(DEFAULTS, seq_len=7, d_model=8, n_heads=2, num_encoder_blocks=1, d_ff=12, use_gain_head=False)
+    model = GainAKT3Exp.from_params(params, num_c=C)
+    assert model.gain_head is None and model.pos_emb.weight.shape == (7, 8) and len(model.blocks) == 1
+    with pytest.raises(ConfigError, match="d_model"):
+        GainAKT3Exp.from_params({k: v for k, v in params.items() if k != "d_model"}, num_c=C)
+
+
+def test_forward_is_deterministic_under_deterministic_algorithms():
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        outs = []
+        for _ in range(2):
+            torch.manual_seed(0)
+            model = _model().train()
+            outs.append(model(*_inputs()))
+            outs[-1].logits.sum().backward()
+        for a, b in zip(*outs):
+            assert torch.equal(a, b)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def test_forward_runs_under_bf16_autocast():
+    torch.manual_seed(0)
+    model = _model()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(*_inputs())
+    for t in out:
+        assert t.dtype == torch.float32 and torch.isfinite(t).all()
+    assert (out.mastery <= 1).all()
+
+
+def test_golden_first_forward_and_loss_of_a_tiny_seeded_model():
+    """Golden numbers: update deliberately, in the same commit as a change that moves them."""
+    torch.manual_seed(0)
+    params = dict(DEFAULTS, seq_len=L + 1, d_model=16, n_heads=2, num_encoder_blocks=2, d_ff=24, dropout=0.1)
+    model = GainAKT3Exp.from_params(params, num_c=C).eval()
+    c, r, q = _inputs(seed=3)
+    gen = torch.Generator().manual_seed(4)
+    y = torch.randint(0, 2, (B, L), generator=gen).float()
+    mask = torch.ones(B, L, dtype=torch.bool)
+    mask[2, 4:] = False
+    batch = Batch(c=c, r=r, q=q, y=y * mask, mask=mask, score=mask, rows=torch.arange(B))
+    objective = Objective(params)
+    objective.begin_epoch(0)
+    with torch.no_grad():
+        out = model(c, r, q)
+        total, parts = objective(out, batch)
+    assert round(float(out.logits.sum()), 6) == pytest.approx(GOLDEN["logits_sum"], abs=2e-6)
+    assert round(parts["bce"], 6) == pytest.approx(GOLDEN["bce"], abs=2e-6)
+    assert round(float(total), 6) == pytest.approx(GOLDEN["total"], abs=2e-6)
+
+
+GOLDEN = {"logits_sum": -2.043499, "bce": 0.709672, "total": 0.846043}
