@@ -1,0 +1,520 @@
+"""Metrics: AUC/accuracy, batched masked Pearson, semantic (interpretability) metrics, the trajectory entry.
+
+Everything here is pure and batched: a model pass (`collect_outputs`) reduces each batch at once to the few
+per-step values the metrics need (skill-mean mastery M_t, skill-mean gain G_t, target mastery m_t[q_t], ...),
+so (N, L, C) tensors never exist for all rows together, and the metrics themselves are masked tensor
+operations without Python loops over students, steps or skills.
+
+    >>> out = collect_outputs(model, val, np.arange(len(val.lengths)), 64, "cpu")  # one pass
+    >>> prediction_from_outputs(out, use_score_mask=False)["auc"]
+    >>> semantic_from_outputs(select_rows(out, np.arange(50)))["mastery_correlation"]
+    >>> global_alignment_from_outputs(select_rows(out, stratified_rows(val.lengths, 600)))
+
+A "student" is one row (window) of a Sequences; y_t = r_{t+1}; valid steps are mask mu_t.
+Values that cannot be computed (head off, fewer than two distinct values, one class) are None in the
+semantic/global dicts and in the trajectory entry (JSON null), and nan in prediction metrics.
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.stats import rankdata
+
+from gainakt3exp import data
+from gainakt3exp.errors import ConfigError
+
+VIOLATIONS = ("monotonicity", "negative_gain", "bounds")
+_KEY_BAD_CHARS = re.compile(r"[^A-Za-z0-9_\-./]")
+_WEIGHT_KEYS = ("warmup_scale", "effective_alignment_weight", "consistency_loss_weight_current",
+                "sparsity_loss_weight_current")
+_SHARE_KEYS = ("main", "constraint_total", "alignment", "lag", "retention")
+# Per-epoch trajectory keys in the order of the seed README's example entry (loss_shares is nested).
+_ENTRY_KEYS = ("mastery_correlation", "gain_correlation", "warmup_scale", "alignment_corr_mastery",
+               "alignment_corr_gain", "global_alignment_mastery_corr", "global_alignment_gain_corr",
+               "effective_alignment_weight", "peak_mastery_corr", "retention_loss_value", "mean_lag_corr",
+               "lag_corr_count")
+_ENTRY_KEYS_2 = ("consistency_loss_weight_current", "sparsity_loss_weight_current")
+_ENTRY_KEYS_3 = ("mean_mastery_variance", "min_mastery_variance", "max_mastery_variance")
+_ENTRY_KEYS_4 = ("target_mastery_correlation",) + tuple(f"{v}_violation_rate" for v in VIOLATIONS)
+
+
+# ---------------------------------------------------------------------------------------------- basics
+
+def roc_auc(y: np.ndarray, p: np.ndarray) -> float:
+    """ROC AUC = P(p_pos > p_neg) + 0.5 P(p_pos == p_neg) (Mann-Whitney U with average ranks for ties).
+
+    Equal to sklearn's roc_auc_score (its trapezoidal ROC counts ties as half); nan if y has one class.
+    """
+    y = np.asarray(y).ravel() > 0.5
+    p = np.asarray(p, dtype=np.float64).ravel()
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(p)  # average ranks, 1-based
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def accuracy(y: np.ndarray, p: np.ndarray) -> float:
+    """Accuracy = mean((p >= 0.5) == y); nan when empty."""
+    y = np.asarray(y).ravel()
+    p = np.asarray(p).ravel()
+    if y.size == 0:
+        return float("nan")
+    return float(np.mean((p >= 0.5) == (y > 0.5)))
+
+
+def masked_row_pearson(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
+                       min_count: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row Pearson correlation over the masked elements, all rows at once.
+
+    x, y (N, L) float, mask (N, L) bool. For row i over {t: mask[i, t]} (n_i elements):
+        r_i = sum (x - xbar)(y - ybar) / sqrt(sum (x - xbar)^2 * sum (y - ybar)^2), computed in float64.
+    valid_i = n_i >= min_count and x and y each take at least two distinct values on the row (checked
+    exactly with masked min/max, not with a rounding-prone variance > 0). Invalid rows get corr nan.
+    Values outside the mask are ignored even if they are nan. Returns (corr (N,) float64, valid (N,) bool).
+    """
+    assert x.shape == y.shape == mask.shape and x.dim() == 2, (x.shape, y.shape, mask.shape)
+    mask = mask.bool()
+    x = torch.where(mask, x.double(), 0.0)
+    y = torch.where(mask, y.double(), 0.0)
+    n = mask.sum(1)  # (N,)
+    nn = n.clamp(min=1).double()
+    dx = torch.where(mask, x - x.sum(1, keepdim=True) / nn[:, None], 0.0)
+    dy = torch.where(mask, y - y.sum(1, keepdim=True) / nn[:, None], 0.0)
+    cov = (dx * dy).sum(1)
+    den = torch.sqrt((dx * dx).sum(1) * (dy * dy).sum(1))
+    inf = torch.tensor(float("inf"), dtype=torch.float64, device=x.device)
+
+    def _varies(v: torch.Tensor) -> torch.Tensor:
+        return torch.where(mask, v, -inf).amax(1) > torch.where(mask, v, inf).amin(1)
+
+    valid = (n >= min_count) & _varies(x) & _varies(y) & (den > 0)
+    corr = torch.where(valid, cov / torch.where(valid, den, 1.0), float("nan")).clamp(-1.0, 1.0)
+    return corr, valid
+
+
+def _pooled_pearson(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> Optional[float]:
+    """Pearson over all masked elements pooled into one population; None when not computable."""
+    corr, valid = masked_row_pearson(x.reshape(1, -1), y.reshape(1, -1), mask.reshape(1, -1))
+    return float(corr[0]) if bool(valid[0]) else None
+
+
+def _row_mean_pearson(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> tuple[Optional[float], int]:
+    """Mean over rows of the per-row Pearson (valid rows only) and the number of valid rows."""
+    corr, valid = masked_row_pearson(x, y, mask)
+    k = int(valid.sum())
+    return (float(corr[valid].mean()) if k else None), k
+
+
+def count_violations(m: Optional[torch.Tensor], g: Optional[torch.Tensor],
+                     mask: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per-row counts (violations (B,), opportunities (B,)) of the interpretability constraints.
+
+    m mastery (B, L, C) or None, g gains (B, L, C) or None, mask (B, L) bool.
+    - monotonicity: (t, skill) with mask_t and mask_{t+1} where m_{t+1} < m_t; opportunities = pairs x C.
+    - negative_gain: (valid t, skill) with g < 0; opportunities = valid steps x C.
+    - bounds: (valid t, skill) with m < 0 or m > 1; opportunities = valid steps x C.
+    A term whose head is off is absent from the result. Rate = sum of counts / sum of opportunities.
+    """
+    # Count over skills first, then mask the (B, L) counts: ~3x faster than masking (B, L, C) booleans.
+    out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    n_valid = mask.sum(1)  # (B,)
+    if m is not None:
+        C = m.shape[-1]
+        pair = mask[:, :-1] & mask[:, 1:]  # (B, L-1)
+        drops = _count_below(m[:, 1:] - m[:, :-1], 0.0)  # (B, L-1); a - b < 0 iff a < b in IEEE floats
+        out["monotonicity"] = ((drops * pair).sum(1), pair.sum(1) * C)
+        outside = _count_outside_unit(m)  # (B, L)
+        out["bounds"] = ((outside * mask).sum(1), n_valid * C)
+    if g is not None:
+        out["negative_gain"] = ((_count_below(g, 0.0) * mask).sum(1), n_valid * g.shape[-1])
+    return out
+
+
+def _count_outside_unit(m: torch.Tensor) -> torch.Tensor:
+    """(B, L) number of skills with m outside [0, 1]; one min/max pass settles the usual all-inside case."""
+    if m.numel() == 0:
+        return torch.zeros(m.shape[:2], dtype=torch.long, device=m.device)
+    lo, hi = torch.aminmax(m)
+    if bool(lo >= 0) and bool(hi <= 1):
+        return torch.zeros(m.shape[:2], dtype=torch.long, device=m.device)
+    return torch.count_nonzero((m < 0) | (m > 1), dim=-1)
+
+
+def _count_below(x: torch.Tensor, bound: float) -> torch.Tensor:
+    """(B, L) number of skills with x < bound. The model's heads make violations rare by construction
+    (ReLU gains, clamped cumulative mastery), so one min over the batch usually settles it."""
+    if x.numel() == 0 or bool(x.amin() >= bound):
+        return torch.zeros(x.shape[:2], dtype=torch.long, device=x.device)
+    return torch.count_nonzero(x < bound, dim=-1)
+
+
+def _row_moments(m: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row and skill over valid steps: mean_i,k and M2_i,k = sum_t (m - mean_i,k)^2, float64 (B, C).
+
+    Sums of d = m - m_i,0,k (shifted by the row's first step to limit cancellation) and of d^2 are masked
+    matrix products (B, 1, L) x (B, L, C); M2 = S2 - S1^2 / n. ~4x faster than centring (B, L, C) twice;
+    relative error ~1e-6 in float32, ample for a variance diagnostic.
+    """
+    w = mask.to(m.dtype).unsqueeze(1)  # (B, 1, L)
+    n = mask.sum(1, keepdim=True).clamp(min=1).double()  # (B, 1)
+    d = m - m[:, :1]  # (B, L, C)
+    s1 = torch.bmm(w, d).squeeze(1).double()  # (B, C)
+    s2 = torch.bmm(w, d * d).squeeze(1).double()  # (B, C)
+    mean_d = s1 / n
+    return mean_d + m[:, 0].double(), (s2 - s1 * mean_d).clamp(min=0.0)
+
+
+# ------------------------------------------------------------------------------------------ model pass
+
+def _pad(t: torch.Tensor, width: int, value: float) -> torch.Tensor:
+    return F.pad(t, (0, width - t.shape[1]), value=value)
+
+
+_OPTIONAL = ("mastery_mean", "gain_mean", "target_mastery", "current_mastery", "truth", "mastery_row_mean",
+             "mastery_row_m2")
+
+
+def collect_outputs(model: torch.nn.Module, seqs: Any, rows: np.ndarray, batch_size: int,
+                    device: Any) -> dict:
+    """Run `model` (eval mode, no_grad; its mode is restored afterwards) over `rows` of `seqs`.
+
+    Batches are `data.make_batch(seqs, rows[i:i+batch_size], device)`; each is reduced at once, so memory
+    is O(R x (L + C)), never (R, L, C). Returns per-row tensors (dim 0 = rows in the given order; (R, L)
+    ones padded to the widest batch), on the CPU:
+      rows (R,) long; mask, score (R, L) bool; y, logits (R, L) float;
+      mastery_mean M_t = mean_k m_t[k], gain_mean G_t = mean_k g_t[k], target_mastery m_t[q_t],
+      current_mastery m_t[c_t] (R, L) float, None when the head is off; truth (R, L) (NaN = none) or None;
+      mastery_row_mean, mastery_row_m2 (R, C) float64: per row and skill, mean and sum of squared
+      deviations of m over the row's valid steps (pooled by mastery_variance_stats), or None;
+      violations {name: (count (R,), opportunities (R,))} (see count_violations).
+    Every value is per row, so select_rows(out, positions) gives exactly what a pass over those rows would:
+    one forward pass over the validation set can serve prediction, semantic and global metrics.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    if rows.size == 0:
+        raise ConfigError("rows=[]: no rows to evaluate; fix: ask for at least one student/window")
+    was_training = model.training
+    model.eval()
+    parts: dict[str, list] = {}
+    try:
+        with torch.no_grad():
+            for start in range(0, rows.size, batch_size):
+                b = data.make_batch(seqs, rows[start:start + batch_size], device)
+                o = model(b.c, b.r, b.q)
+                keep = {"rows": b.rows, "mask": b.mask, "score": b.score, "y": b.y.float(),
+                        "logits": o.logits.float()}
+                if b.truth is not None:
+                    keep["truth"] = b.truth.float()
+                m = None if o.mastery is None else o.mastery.float()  # (B, L, C)
+                g = None if o.gains is None else o.gains.float()  # (B, L, C)
+                if m is not None:
+                    keep["mastery_mean"] = m.mean(-1)
+                    keep["target_mastery"] = m.gather(-1, b.q.unsqueeze(-1)).squeeze(-1)
+                    keep["current_mastery"] = m.gather(-1, b.c.unsqueeze(-1)).squeeze(-1)
+                    keep["mastery_row_mean"], keep["mastery_row_m2"] = _row_moments(m, b.mask)
+                if g is not None:
+                    keep["gain_mean"] = g.mean(-1)
+                for name, (k, tot) in count_violations(m, g, b.mask).items():
+                    keep[f"violations/{name}/count"], keep[f"violations/{name}/total"] = k, tot
+                for key, val in keep.items():
+                    parts.setdefault(key, []).append(val.cpu())
+    finally:
+        model.train(was_training)
+    width = max(t.shape[1] for t in parts["mask"])
+    pad_value = {"mask": False, "score": False, "truth": float("nan")}
+    out: dict = dict.fromkeys(_OPTIONAL)
+    for key, chunks in parts.items():
+        if len(chunks) != len(parts["mask"]):
+            continue  # present in some batches only (truth): treat as absent rather than misalign rows
+        if key in ("mastery_row_mean", "mastery_row_m2") or chunks[0].dim() == 1:
+            out[key] = torch.cat(chunks)
+        else:
+            out[key] = torch.cat([_pad(t, width, pad_value.get(key, 0.0)) for t in chunks])
+    out["violations"] = {name: (out.pop(f"violations/{name}/count"), out.pop(f"violations/{name}/total"))
+                         for name in VIOLATIONS if f"violations/{name}/count" in out}
+    return out
+
+
+def select_rows(out: dict, positions: np.ndarray) -> dict:
+    """The collected outputs of the rows at `positions` (indices into out's row order)."""
+    idx = torch.as_tensor(np.asarray(positions, dtype=np.int64))
+    sel: dict = {}
+    for key, val in out.items():
+        if key == "violations":
+            sel[key] = {name: (k[idx], tot[idx]) for name, (k, tot) in val.items()}
+        else:
+            sel[key] = None if val is None else val[idx]
+    return sel
+
+
+# ----------------------------------------------------------------------------------------- summaries
+
+def prediction_from_outputs(out: dict, *, use_score_mask: bool) -> dict:
+    """loss = mean BCE-with-logits(z, y), auc, accuracy (p = sigmoid(z)), n over the scored steps.
+
+    Scored steps: batch.score when use_score_mask (pyKT window test: selectmasks), else every valid step.
+    """
+    sel = out["score"] if use_score_mask else out["mask"]
+    z = out["logits"][sel].double()
+    y = out["y"][sel].double()
+    n = int(z.numel())
+    if n == 0:
+        return {"loss": float("nan"), "auc": float("nan"), "accuracy": float("nan"), "n": 0}
+    loss = float(F.binary_cross_entropy_with_logits(z, y, reduction="mean"))
+    p = torch.sigmoid(z).numpy()
+    return {"loss": loss, "auc": roc_auc(y.numpy(), p), "accuracy": accuracy(y.numpy(), p), "n": n}
+
+
+def semantic_from_outputs(out: dict) -> dict:
+    """Interpretability metrics of collected outputs (see semantic_metrics for the definitions)."""
+    mask, y = out["mask"], out["y"]
+    res: dict[str, Any] = {"n_students": int(mask.shape[0])}
+    m_corr, m_k = (None, 0)
+    g_corr, g_k = (None, 0)
+    if out["mastery_mean"] is not None:
+        m_corr, m_k = _row_mean_pearson(out["mastery_mean"], y, mask)
+    if out["gain_mean"] is not None:
+        g_corr, g_k = _row_mean_pearson(out["gain_mean"], y, mask)
+    res["mastery_correlation"] = m_corr
+    res["gain_correlation"] = g_corr
+    res["target_mastery_correlation"] = None
+    res["true_mastery_correlation"] = None
+    if out["target_mastery"] is not None:
+        res["target_mastery_correlation"] = _row_mean_pearson(out["target_mastery"], y, mask)[0]
+        if out["truth"] is not None:
+            truth = out["truth"]
+            ok = mask & torch.isfinite(truth)
+            res["true_mastery_correlation"] = _pooled_pearson(out["target_mastery"], truth, ok)
+    res["correlation_students"] = m_k if out["mastery_mean"] is not None else g_k
+    res.update(mastery_variance_stats(out["mastery_row_mean"], out["mastery_row_m2"], mask.sum(1)))
+    for name in VIOLATIONS:
+        counts = out["violations"].get(name)  # absent when its head is off
+        tot = int(counts[1].sum()) if counts else 0
+        res[f"{name}_violation_rate"] = int(counts[0].sum()) / tot if tot else None
+    return res
+
+
+def mastery_variance_stats(row_mean: Optional[torch.Tensor], row_m2: Optional[torch.Tensor],
+                           row_n: torch.Tensor) -> dict:
+    """Mean/min/max over the C skills of var_k, the population variance (ddof 0) of m[:, :, k] over all
+    valid (row, step) pairs: var_k = (1/n) sum_(i,t valid) (m_i,t,k - mean_k)^2, n = sum_i n_i.
+
+    Pooled from per-row moments (row_mean, row_m2 (R, C) float64, row_n (R,) valid steps):
+    mean_k = sum_i n_i mean_i,k / n; n var_k = sum_i M2_i,k + sum_i n_i (mean_i,k - mean_k)^2.
+    All three are None without a mastery head or without valid steps.
+    """
+    keys = ("mean_mastery_variance", "min_mastery_variance", "max_mastery_variance")
+    n_i = row_n.double().unsqueeze(1)  # (R, 1)
+    n = float(n_i.sum())
+    if row_mean is None or row_m2 is None or n == 0:
+        return dict.fromkeys(keys)
+    mean = (n_i * row_mean).sum(0) / n  # (C,)
+    var = (row_m2.sum(0) + (n_i * (row_mean - mean) ** 2).sum(0)) / n  # (C,)
+    return dict(zip(keys, (float(var.mean()), float(var.min()), float(var.max()))))
+
+
+def global_alignment_from_outputs(out: dict) -> dict:
+    """Population Pearson pooled over all valid steps of the collected rows: M_t vs y, G_t vs y."""
+    mask, y = out["mask"], out["y"]
+    res = {"global_alignment_mastery_corr": None, "global_alignment_gain_corr": None,
+           "global_alignment_students": int(mask.shape[0])}
+    if out["mastery_mean"] is not None:
+        res["global_alignment_mastery_corr"] = _pooled_pearson(out["mastery_mean"], y, mask)
+    if out["gain_mean"] is not None:
+        res["global_alignment_gain_corr"] = _pooled_pearson(out["gain_mean"], y, mask)
+    return res
+
+
+# ------------------------------------------------------------------------------------ entry points
+
+def prediction_metrics(model: torch.nn.Module, seqs: Any, batch_size: int, device: Any, *,
+                       use_score_mask: bool) -> dict:
+    """{loss, auc, accuracy, n} over all rows of seqs; see prediction_from_outputs."""
+    rows = np.arange(len(seqs.lengths))
+    return prediction_from_outputs(collect_outputs(model, seqs, rows, batch_size, device),
+                                   use_score_mask=use_score_mask)
+
+
+def _check_students(n_students: int) -> int:
+    if n_students < 1:
+        raise ConfigError(f"n_students={n_students}: must be >= 1; fix: set max_semantic_students / "
+                          "max_correlation_students / alignment_global_students to a positive number")
+    return int(n_students)
+
+
+def semantic_metrics(model: torch.nn.Module, seqs: Any, n_students: int, batch_size: int,
+                     device: Any) -> dict:
+    """Interpretability metrics on the first n_students rows (file order). y_t = r_{t+1}, valid = mask.
+
+    - mastery_correlation / gain_correlation: per row, Pearson over valid steps between M_t = mean_k m_t[k]
+      (G_t = mean_k g_t[k]) and y_t; mean over rows where it is defined (>= 2 steps, both vary).
+    - target_mastery_correlation: the same with m_t[q_t], the mastery of the skill about to be answered.
+    - true_mastery_correlation (synthetic data): Pearson pooled over valid steps with a finite truth between
+      m_t[q_t] and the true mastery of q_t.
+    - mean/min/max_mastery_variance: see mastery_variance_stats.
+    - {monotonicity,negative_gain,bounds}_violation_rate: violations / opportunities, see count_violations.
+    - correlation_students: rows with a defined mastery correlation (gain correlation without mastery head);
+      n_students: rows evaluated.
+    Every key is always present; a value is None when its head is off (no gain head -> gain_correlation and
+    negative_gain_violation_rate None), when there is no truth, or when no row has a defined correlation.
+    """
+    rows = np.arange(min(_check_students(n_students), len(seqs.lengths)))
+    out = collect_outputs(model, seqs, rows, batch_size, device)
+    return semantic_from_outputs(out)
+
+
+def stratified_rows(lengths: np.ndarray, n: int, bins: int = 10) -> np.ndarray:
+    """n row indices spread over sequence lengths, deterministically (no RNG); sorted ascending.
+
+    Rows are ordered by (length, row index) and cut into `bins` consecutive equal-count bins
+    (np.array_split: sizes differ by at most one). Bin b takes n // bins rows, the first n % bins bins one
+    more, at evenly spaced, centred positions floor((j + 0.5) * size / k), j = 0..k-1. n >= N returns all rows.
+    """
+    lengths = np.asarray(lengths)
+    N = lengths.shape[0]
+    if n >= N:
+        return np.arange(N)
+    if n <= 0:
+        return np.zeros(0, dtype=np.int64)
+    order = np.lexsort((np.arange(N), lengths))
+    chunks = np.array_split(order, min(bins, N))
+    base, extra = divmod(n, len(chunks))
+    picked = []
+    for b, chunk in enumerate(chunks):  # a loop over the 10 bins, not over students
+        k = base + (1 if b < extra else 0)
+        pos = np.floor((np.arange(k) + 0.5) * (len(chunk) / max(k, 1))).astype(np.int64)
+        picked.append(chunk[pos])
+    return np.sort(np.concatenate(picked))
+
+
+def global_alignment_metrics(model: torch.nn.Module, seqs: Any, n_students: int, batch_size: int,
+                             device: Any) -> dict:
+    """Global alignment pass: n_students rows by stratified_rows(seqs.lengths, n_students, 10), then the
+    population Pearson pooled over all their valid steps: global_alignment_mastery_corr = corr(M_t, y_t),
+    global_alignment_gain_corr = corr(G_t, y_t) (None when the head is off or undefined), and
+    global_alignment_students = rows used."""
+    rows = stratified_rows(np.asarray(seqs.lengths), _check_students(n_students))
+    return global_alignment_from_outputs(collect_outputs(model, seqs, rows, batch_size, device))
+
+
+# ------------------------------------------------------------------------------- trajectory, MLflow
+
+def loss_shares(means: dict) -> dict:
+    """Loss shares of one epoch from the epoch means of the loss terms.
+
+    D = bce + constraint_total (the non-reward part of the loss); main = bce / D,
+    constraint_total = constraint_total / D (so main + constraint_total = 1), alignment = alignment / D,
+    lag = lag / D, retention = retention / D. Alignment and lag are rewards (<= 0), so their shares may be
+    negative. The original divided by the total including alignment and then also added alignment into the
+    constraint share, counting it twice and letting a reward shrink the denominator; here rewards are only
+    reported relative to the non-reward loss. A missing alignment/lag/retention mean counts as 0 (term off);
+    all shares are None when D is not a positive finite number.
+    """
+    bce = float(means["bce"])
+    con = float(means["constraint_total"])
+    d = bce + con
+    if not (math.isfinite(d) and d > 0):
+        return dict.fromkeys(_SHARE_KEYS)
+    vals = {"main": bce, "constraint_total": con, "alignment": float(means.get("alignment", 0.0)),
+            "lag": float(means.get("lag", 0.0)), "retention": float(means.get("retention", 0.0))}
+    return {k: vals[k] / d for k in _SHARE_KEYS}
+
+
+def _clean(v: Any) -> Any:
+    """Python scalar for JSON: tensors/numpy -> float/int, nan/inf -> None."""
+    if v is None:
+        return None
+    if isinstance(v, torch.Tensor):
+        v = v.item()
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def trajectory_entry(epoch: int, values: dict) -> dict:
+    """The per-epoch trajectory entry (results.json train_history.semantic_trajectory, metrics_epoch.csv).
+
+    Keys in the order of the seed README's example entry: epoch, mastery_correlation, gain_correlation,
+    warmup_scale, alignment_corr_mastery, alignment_corr_gain, global_alignment_mastery_corr,
+    global_alignment_gain_corr, effective_alignment_weight, peak_mastery_corr, retention_loss_value,
+    mean_lag_corr, lag_corr_count, consistency_loss_weight_current, sparsity_loss_weight_current,
+    loss_shares {main, constraint_total, alignment, lag, retention}, mean/min/max_mastery_variance,
+    per_lag_correlations (list); then target_mastery_correlation, the three *_violation_rate keys, and
+    true_mastery_correlation only when values holds a number for it (synthetic data).
+    A key missing from values, None or nan becomes None (JSON null); extra keys in values are ignored.
+    """
+    e: dict[str, Any] = {"epoch": int(epoch)}
+    for k in _ENTRY_KEYS + _ENTRY_KEYS_2:
+        e[k] = _clean(values.get(k))
+    shares = values.get("loss_shares") or {}
+    e["loss_shares"] = {k: _clean(shares.get(k)) for k in _SHARE_KEYS}
+    for k in _ENTRY_KEYS_3:
+        e[k] = _clean(values.get(k))
+    e["per_lag_correlations"] = [_clean(v) for v in (values.get("per_lag_correlations") or [])]
+    for k in _ENTRY_KEYS_4:
+        e[k] = _clean(values.get(k))
+    if _clean(values.get("true_mastery_correlation")) is not None:
+        e["true_mastery_correlation"] = _clean(values["true_mastery_correlation"])
+    return e
+
+
+def _number(v: Any) -> Optional[float]:
+    """float(v) for finite scalars (bool/int/float/0-d tensor/numpy); None for None, nan, lists, dicts."""
+    if v is None or isinstance(v, (list, tuple, dict, str)):
+        return None
+    if isinstance(v, (torch.Tensor, np.ndarray, np.generic)):
+        if (v.numel() if isinstance(v, torch.Tensor) else v.size) != 1:
+            return None
+        v = v.item()
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _key(group: str, name: str) -> str:
+    return _KEY_BAD_CHARS.sub("_", f"{group}/{name}")
+
+
+def epoch_metric_dict(train: dict, val: dict, entry: dict) -> dict[str, float]:
+    """One flat {key: float} per epoch for sink.log_metrics(..., step=epoch).
+
+    train/<k> for each number in train (loss, auc, learning_rate, epoch_seconds, ...), val/<k> for val
+    (loss, auc, accuracy, ...), and from the trajectory entry: weights/<k> for warmup_scale,
+    effective_alignment_weight, consistency_loss_weight_current, sparsity_loss_weight_current;
+    violations/<k> for *_violation_rate; loss_shares/<k> for the nested shares; trajectory/<k> for every
+    other number (correlations, variances, peak, retention, lag). `epoch` is the step, not a metric.
+    None, nan/inf, lists (per_lag_correlations: artifact only) and dicts are dropped, since MLflow stores
+    only finite floats; characters outside letters, digits and _ - . / become '_'.
+    """
+    items: list[tuple[str, str, Any]] = []
+    items += [("train", k, v) for k, v in train.items()]
+    items += [("val", k, v) for k, v in val.items()]
+    for k, v in entry.items():
+        if k == "epoch":
+            continue
+        if k == "loss_shares" and isinstance(v, dict):
+            items += [("loss_shares", sk, sv) for sk, sv in v.items()]
+        elif k in _WEIGHT_KEYS:
+            items.append(("weights", k, v))
+        elif k.endswith("_violation_rate"):
+            items.append(("violations", k, v))
+        else:
+            items.append(("trajectory", k, v))
+    out: dict[str, float] = {}
+    for group, k, v in items:
+        f = _number(v)
+        if f is not None:
+            out[_key(group, str(k))] = f
+    return out
