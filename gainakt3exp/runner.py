@@ -1,0 +1,228 @@
+"""The MLproject `main` entry point: typed parameters in, one tracked MLflow run out.
+
+    python -m gainakt3exp.train --dataset synthetic --data_root data --fold 0 ... (all 65 parameters, no defaults)
+
+Under `mlflow run` this attaches to the run MLflow created (MLFLOW_RUN_ID) and does not re-log the parameters it
+logged; run directly it creates a run itself. It writes config.json (or checks the one a reproduction placed),
+tags the run, trains, and stores model_best.pth, results.json, metrics_epoch.csv and trajectory.png.
+Ctrl-C / SIGTERM marks the run KILLED, a crash FAILED; `gakt.outcome` keeps the truth even where `mlflow run`
+later overwrites the status.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+import platform
+import signal
+import sys
+
+import click
+
+from . import experiment, tracking
+from .errors import ConfigError, GaktError, ReproError
+from .params import format_value, load_defaults, parse_param_strings
+
+CONFIG_NAME = experiment.CONFIG_NAME
+
+
+def _meanings() -> dict:
+    with open(experiment.PROJECT_ROOT / "configs" / "parameters.csv", newline="") as handle:
+        return {row["name"]: f"{row['meaning']} [{row['type']}, default {row['default']}]"
+                for row in csv.DictReader(handle)}
+
+
+def build_train_command() -> click.Command:
+    """One required option per parameter of configs/parameter_default.json (no defaults, values parsed by us)."""
+    meanings = _meanings()
+    options = [click.Option([f"--{key}"], required=True, type=str, help=meanings.get(key, ""))
+               for key in load_defaults().values]
+    return click.Command(
+        "python -m gainakt3exp.train", params=options, callback=_train_callback,
+        help="Train GainAKT3Exp as one MLflow run. Every parameter is required (see configs/parameters.csv); "
+             "gakt-launch and `mlflow run .` fill them in.\n\nExample: gakt-launch --dry_run --short_title demo "
+             "--profile quickstart prints a complete command.")
+
+
+def train_cli(argv=None) -> None:
+    build_train_command().main(args=argv, prog_name="python -m gainakt3exp.train", standalone_mode=True)
+
+
+def _train_callback(**strings) -> None:
+    try:
+        params = parse_param_strings(strings)
+        run_training(params)
+    except GaktError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+
+
+def run_training(params: dict) -> dict:
+    """Attach to (or create) the run, record everything, train. Returns the results dict."""
+    from .params import resolve_params
+    from .train import Interrupted, load_train_data, train_model
+
+    resolved = resolve_params(params)
+    data = load_train_data(params)  # missing/malformed data fails before the run is touched further
+    client = tracking.connect()
+    import mlflow
+
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if run_id is None:
+        exp_id = tracking.ensure_experiment(client, tracking.experiment_name())
+        run = mlflow.start_run(experiment_id=exp_id)
+    else:
+        run = mlflow.start_run()
+    run_id = run.info.run_id
+    sink = tracking.MlflowSink(client, run_id)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        _record_run(client, run_id, resolved, data)
+        results = train_model(
+            params, sink, data,
+            on_checkpoint=lambda blob: tracking.publish_bytes(client, run_id, "model_best.pth", blob),
+            on_epoch=_echo_epoch,
+        )
+        _store_results(client, run_id, results)
+        sink.set_tags({tracking.TAG_OUTCOME: "finished",
+                       "gakt.best_val_auc": f"{results['best_val_auc']:.6f}",
+                       "gakt.best_epoch": results["best_epoch"]})
+        mlflow.end_run("FINISHED")
+        return results
+    except (Interrupted, KeyboardInterrupt) as exc:
+        _finish(sink, "killed", str(exc) or "KeyboardInterrupt")
+        mlflow.end_run("KILLED")
+        click.echo(f"training interrupted ({exc or 'Ctrl-C'}); run {run_id} marked KILLED, artifacts kept", err=True)
+        sys.exit(130)
+    except BaseException as exc:
+        _finish(sink, "failed", f"{type(exc).__name__}: {exc}")
+        mlflow.end_run("FAILED")
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _echo_epoch(info: dict) -> None:
+    """One line per epoch on stderr, so a log shows progress even without a terminal."""
+    m = info["metrics"]
+    parts = [f"epoch {info['epoch']}"] + [f"{key} {m[key]:.4f}" for key in
+                                          ("train/loss", "val/auc", "val/accuracy", "trajectory/mastery_correlation",
+                                           "trajectory/gain_correlation") if key in m]
+    click.echo("  ".join(parts) + f"  ({m.get('train/epoch_seconds', 0):.1f} s)", err=True)
+
+
+def _raise_interrupted(signum, _frame):
+    from .train import Interrupted
+
+    raise Interrupted(f"received {signal.Signals(signum).name}")
+
+
+def _finish(sink, outcome: str, reason: str) -> None:
+    try:
+        sink.set_tags({tracking.TAG_OUTCOME: outcome, "gakt.outcome_reason": reason[:500]})
+    except Exception:  # noqa: BLE001 - the store may be what failed; the status below still tries
+        pass
+
+
+def _record_run(client, run_id: str, resolved, data) -> None:
+    """Params (unless `mlflow run` logged them), config.json (or check the one placed there), tags."""
+    from mlflow.entities import Param
+
+    params = resolved.params
+    run = client.get_run(run_id)
+    logged = tracking.read_params(run)
+    if logged:
+        diffs = experiment.compare_logged(logged, params)
+        if diffs:
+            raise ConfigError("the run's logged params differ from the parameters given:\n"
+                              + "\n".join(f"  - {d}" for d in diffs))
+    else:
+        entries = [Param(k, format_value(v)) for k, v in params.items()]
+        for i in range(0, len(entries), 100):
+            client.log_batch(run_id, params=entries[i:i + 100])
+
+    tags = run.data.tags
+    parsed = experiment.parse_run_name(run.info.run_name)
+    title, exp_id = parsed if parsed else (tags.get(tracking.TAG_TITLE, "adhoc"),
+                                           tags.get(tracking.TAG_EXP_ID) or experiment.new_experiment_id(client))
+    exp_id = tags.get(tracking.TAG_EXP_ID, exp_id)
+    title = tags.get(tracking.TAG_TITLE, title)
+    hashes = experiment.data_hashes(params)
+    code = experiment.code_version()
+    if tracking.has_artifact(client, run_id, CONFIG_NAME):
+        config, _raw = experiment.read_config(client, run_id)
+        recorded = experiment.config_params(config)
+        diffs = [f"'{k}': config.json {recorded.get(k)!r}, this run {params.get(k)!r}"
+                 for k in sorted(set(recorded) | set(params)) if recorded.get(k) != params.get(k)]
+        if diffs:
+            raise ReproError("config.json of this run records other parameters:\n"
+                             + "\n".join(f"  - {d}" for d in diffs))
+        if config.get("data_hashes") != hashes:
+            click.echo("warning: the data files differ from those config.json records (data hashes)", err=True)
+    else:
+        experiment_name = client.get_experiment(run.info.experiment_id).name
+        config = experiment.build_config(resolved, experiment_name=experiment_name, run_name=run.info.run_name,
+                                         exp_id=exp_id, short_title=title, hashes=hashes, code=code)
+        tracking.publish_bytes(client, run_id, CONFIG_NAME, experiment.config_bytes(config))
+
+    import mlflow
+    import torch
+
+    from .train import resolve_device
+
+    data_hash = hashlib.sha256("".join(f"{k}:{v};" for k, v in sorted(hashes.items())).encode()).hexdigest()
+    kind = "repro" if tracking.TAG_REPRO_OF in tags else "train"
+    new_tags = {
+        tracking.TAG_EXP_ID: exp_id, tracking.TAG_TITLE: title, tracking.TAG_KIND: kind,
+        tracking.TAG_OUTCOME: "running",
+        "gakt.git_commit": code["git_commit"], "gakt.git_dirty": str(code["git_dirty"]).lower(),
+        "gakt.package_version": code["package_version"],
+        "gakt.torch_version": torch.__version__, "gakt.mlflow_version": mlflow.__version__,
+        "gakt.python_version": platform.python_version(),
+        "gakt.device": str(resolve_device(params["device"])), "gakt.torch_threads": str(torch.get_num_threads()),
+        "gakt.data_hash": data_hash, "gakt.host": platform.node(), "gakt.pid": str(os.getpid()),
+        "gakt.data_root_resolved": str(data.spec.root),
+    }
+    tracking.MlflowSink(client, run_id).set_tags(new_tags)
+
+
+def _store_results(client, run_id: str, results: dict) -> None:
+    csv_text = results.pop("metrics_epoch_csv")
+    tracking.publish_bytes(client, run_id, "metrics_epoch.csv", csv_text.encode())
+    tracking.publish_bytes(client, run_id, "results.json", tracking.json_bytes(results))
+    png = trajectory_png(results["train_history"]["semantic_trajectory"])
+    if png:
+        tracking.publish_bytes(client, run_id, "trajectory.png", png)
+
+
+def trajectory_png(trajectory: list[dict]) -> bytes:
+    """Correlations and loss shares per epoch, as a PNG (the UI's charts hold the same numbers)."""
+    if not trajectory:
+        return b""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [e["epoch"] for e in trajectory]
+
+    def series(key, sub=None):
+        values = [(e.get(sub) or {}).get(key) if sub else e.get(key) for e in trajectory]
+        return [float("nan") if v is None else v for v in values]
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for key in ("mastery_correlation", "gain_correlation", "target_mastery_correlation",
+                "global_alignment_mastery_corr", "peak_mastery_corr"):
+        left.plot(epochs, series(key), marker="o", label=key)
+    left.set(title="Interpretability trajectory", xlabel="epoch", ylabel="Pearson r")
+    left.legend(fontsize=7)
+    for key in ("main", "constraint_total", "alignment", "lag", "retention"):
+        right.plot(epochs, series(key, "loss_shares"), marker="o", label=key)
+    right.set(title="Loss shares", xlabel="epoch", ylabel="share of BCE + constraints")
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()

@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny synthetic data sets, a parsed-array cache and tracking stores in tmp folders.
+
+Nothing here reads outside the repo except ../shared/data (real-data tests), which skip with a reason if missing.
+"""
+from pathlib import Path
+
+import pytest
+
+from gainakt3exp.params import resolve_params
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Parsed-array cache in a per-session tmp folder, never the user's ~/.cache."""
+    monkeypatch.setenv("GAKT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "gakt-cache"))
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    """A data_root holding a small `synthetic` data set (120 students, 20 skills, seed 3)."""
+    from gainakt3exp.synthetic import generate_synthetic
+
+    root = tmp_path_factory.mktemp("data")
+    generate_synthetic(root / "synthetic", students=120, skills=20, seed=3, maxlen=200)
+    return root
+
+
+@pytest.fixture
+def tiny_params(synthetic_root) -> dict:
+    """The `tiny` profile on the small synthetic data set."""
+    return resolve_params({"data_root": str(synthetic_root)}, ["tiny"]).params
+
+
+@pytest.fixture
+def local_store(tmp_path, monkeypatch) -> str:
+    """A fresh embedded-style SQLite tracking store in tmp_path (artifacts in tmp_path/mlruns)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+def shared_assist2015() -> Path:
+    path = SHARED_DATA / "assist2015"
+    if not (path / "train_valid_sequences.csv").is_file():
+        pytest.skip(f"real data not found at {path} (the project expects ../shared/data/assist2015)")
+    return path
