@@ -1,0 +1,37 @@
+# Two commands for a new user (see README): `make demo` and `make test`.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+
+.PHONY: setup demo test test-fast test-slow bench clean-store
+
+# torch first and pinned: 2.13.0 is the CPU build on this machine's disk; an unpinned torch pulls a CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# The whole story on the embedded defaults: synthetic students, a small tracked run, evaluation,
+# reproduction and the comparison verdict, all in the local store ./mlflow.db (+ ./mlruns).
+demo: setup
+	$(BIN)/gakt-data synth --out data/synthetic --students 1000 --skills 20 --seed 7
+	$(BIN)/gakt-launch --short_title quickstart --profile quickstart
+	$(BIN)/gakt-eval $$($(BIN)/gakt-runs --latest-id)
+	$(BIN)/gakt-repro $$($(BIN)/gakt-runs --latest-id)
+	$(BIN)/gakt-compare $$($(BIN)/gakt-runs --latest-id)
+	@echo "Open the MLflow UI on this store: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port 5000"
+
+# Every test: the fast tier, then the slow tier (real data, real mlflow server, real `mlflow run`).
+test: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m slow
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: setup
+	$(BIN)/python benchmarks/train_throughput.py

@@ -1,0 +1,254 @@
+"""Thin click commands. Each verb is also a console script: gakt-launch, gakt-eval, gakt-repro, gakt-compare,
+gakt-runs, gakt-data (and `gakt <verb>`).
+
+    gakt-launch --short_title baseline --profile quickstart
+    gakt-eval 423891 && gakt-repro 423891 && gakt-compare 423891
+
+Known errors become one line on stderr: exit 2 for bad input (parameters, files, run ids), 1 for failures.
+"""
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import GaktError
+from .params import list_profiles, load_defaults
+
+_CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+
+
+def _errors(func):
+    """Turn our errors into one line on stderr and the documented exit status."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except GaktError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+    return wrapper
+
+
+def _param_options(func):
+    """One optional `--<name> VALUE` per run parameter (values parsed and validated together, bools true|false)."""
+    from .runner import _meanings
+
+    meanings = _meanings()
+    for key in reversed(list(load_defaults().values)):
+        func = click.option(f"--{key}", key, default=None, metavar="VALUE", help=meanings.get(key))(func)
+    return func
+
+
+def _experiment_option(func):
+    return click.option("--experiment", default=None, metavar="NAME",
+                        help="MLflow experiment to use (else $GAKT_EXPERIMENT_NAME, else 'gainakt3exp').")(func)
+
+
+@click.group(context_settings=_CONTEXT)
+def main() -> None:
+    """gainakt3exp: tracked GainAKT3Exp experiments on MLflow.
+
+    The tracking store is $MLFLOW_TRACKING_URI, else sqlite:///<project>/mlflow.db. Example:
+
+        gakt launch --short_title demo --profile quickstart
+    """
+
+
+@main.command("launch", context_settings=_CONTEXT)
+@click.option("--short_title", required=True, help="A short name for the run (letters, digits, _ - .).")
+@click.option("--profile", "profiles", multiple=True, metavar="NAME",
+              help=f"Named override set from configs/profiles (repeatable, applied in order): {', '.join(list_profiles())}.")
+@click.option("--dry_run", is_flag=True, help="Print the explicit `mlflow run` command and write nothing.")
+@_experiment_option
+@_param_options
+@_errors
+def launch_cmd(short_title, profiles, dry_run, experiment, **values) -> None:
+    """Start a tracked training run: defaults, then --profile, then --<param> VALUE; validated; then `mlflow run`.
+
+    \b
+    Example:
+      gakt-launch --short_title baseline --profile cpu-small --data_root ../shared/data --epochs 4
+      gakt-launch --short_title demo --profile quickstart --dry_run
+    """
+    from .experiment import launch
+
+    overrides = {k: v for k, v in values.items() if v is not None}
+    sys.exit(launch(overrides, list(profiles), short_title, experiment, dry_run, echo=click.echo))
+
+
+@main.command("repro", context_settings=_CONTEXT)
+@click.argument("run")
+@_errors
+def repro_cmd(run: str) -> None:
+    """Re-run RUN (run id or 6-digit experiment id) from its logged parameters through `mlflow run`.
+
+    The logged params are checked against the run's config.json and its md5 first; any difference refuses.
+
+    \b
+    Example:
+      gakt-repro 423891 && gakt-compare 423891
+    """
+    from .experiment import reproduce
+
+    sys.exit(reproduce(run, echo=click.echo))
+
+
+@main.command("compare", context_settings=_CONTEXT)
+@click.argument("run")
+@click.option("--repro", default=None, metavar="RUN", help="The reproduction to compare with (default: the latest).")
+@click.option("--tolerance", type=float, default=1e-4, show_default=True,
+              help="Largest |difference| that still counts as a match.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_errors
+def compare_cmd(run: str, repro, tolerance: float, as_json: bool) -> None:
+    """Compare RUN with its reproduction through the tracking API. Exit 0: identical or within tolerance; 1: differs.
+
+    \b
+    Example:
+      gakt-compare 423891 --tolerance 1e-6
+    """
+    from . import tracking
+    from .compare import compare_runs, format_report, report_json, verdict_exit_code
+
+    if tolerance < 0:
+        raise click.BadParameter("must be >= 0", param_hint="--tolerance")
+    report = compare_runs(tracking.connect(), run, repro, tolerance)
+    click.echo(report_json(report) if as_json else format_report(report))
+    sys.exit(verdict_exit_code(report))
+
+
+@main.command("eval", context_settings=_CONTEXT)
+@click.argument("run")
+@click.option("--max_correlation_students", type=click.IntRange(min=1), default=None,
+              help="Students per split for correlations (default: the run's own value).")
+@click.option("--batch_size", type=click.IntRange(min=1), default=None, help="Default: the run's own value.")
+@click.option("--device", default=None, help="auto, cpu, cuda, cuda:N (default: the run's own value).")
+@_errors
+def eval_cmd(run: str, max_correlation_students, batch_size, device) -> None:
+    """Evaluate the best checkpoint of RUN on train/valid/test and the window test; log eval/* to RUN.
+
+    \b
+    Example:
+      gakt-eval 423891
+    """
+    from . import tracking
+    from .evaluate import evaluate_run
+
+    results = evaluate_run(tracking.connect(), run, max_correlation_students=max_correlation_students,
+                           batch_size=batch_size, device=device, echo=lambda m: click.echo(m, err=True))
+    for key in ("valid_auc", "test_auc", "test_window_auc", "test_accuracy", "test_mastery_correlation",
+                "test_gain_correlation"):
+        value = results.get(key)
+        click.echo(f"{key:28s} {'-' if value is None else f'{value:.4f}'}")
+
+
+@main.command("runs", context_settings=_CONTEXT)
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="How many runs to list.")
+@click.option("--stale", is_flag=True, help="List runs left RUNNING by a process that is gone.")
+@click.option("--older_than", type=click.FloatRange(min=0), default=None, metavar="MINUTES",
+              help="With --stale: also count RUNNING runs silent for this many minutes (other hosts).")
+@click.option("--mark", is_flag=True, help="With --stale: mark them KILLED (outcome 'stale').")
+@click.option("--latest-id", "latest_id", is_flag=True,
+              help="Print only the 6-digit id of the newest training run (for scripts).")
+@_experiment_option
+@_errors
+def runs_cmd(limit: int, stale: bool, older_than, mark: bool, latest_id: bool, experiment) -> None:
+    """List recent runs (id, title, status, best val AUC, evaluated, reproduced), or find stale ones.
+
+    \b
+    Example:
+      gakt-runs --limit 10
+      gakt-runs --stale --mark
+    """
+    from . import tracking
+    from .errors import RunNotFoundError
+    from .runs import find_stale_runs, format_runs, format_stale, list_runs, mark_stale_runs
+
+    client = tracking.connect()
+    if mark and not stale:
+        raise click.UsageError("--mark goes with --stale")
+    name = tracking.experiment_name(experiment) if experiment else None
+    if stale:
+        found = find_stale_runs(client, older_than if older_than is not None else float("inf"), name)
+        click.echo(format_stale(found) if found else "no stale runs")
+        if mark and found:
+            click.echo(f"marked {mark_stale_runs(client, found)} run(s) KILLED (outcome 'stale')")
+        return
+    rows = list_runs(client, limit, name)
+    if latest_id:
+        originals = [r for r in rows if r["kind"] == "train"]
+        if not originals:
+            raise RunNotFoundError("no training run yet; start one with gakt-launch")
+        click.echo(originals[0]["exp_id"])
+        return
+    click.echo(format_runs(rows))
+
+
+@main.group("data", context_settings=_CONTEXT)
+def data_group() -> None:
+    """Data sets: generate synthetic students, import the 3-line layout."""
+
+
+@data_group.command("synth", context_settings=_CONTEXT)
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder to write.")
+@click.option("--students", required=True, type=click.IntRange(min=5), help="Number of simulated students.")
+@click.option("--skills", required=True, type=click.IntRange(min=1), help="Number of skills (<= num_c).")
+@click.option("--seed", required=True, type=int, help="Seed of the generator (same seed = same files).")
+@_errors
+def synth_cmd(out: Path, students: int, skills: int, seed: int) -> None:
+    """Write simulated students with known mastery in pyKT layout (plus the true mastery).
+
+    \b
+    Example:
+      gakt-data synth --out data/synthetic --students 1000 --skills 20 --seed 7
+    """
+    from .data import load_data_config
+    from .synthetic import generate_synthetic
+
+    maxlen = load_data_config()["synthetic"]["maxlen"]  # the window width the 'synthetic' data set declares
+    summary = generate_synthetic(out, students=students, skills=skills, seed=seed, maxlen=maxlen)
+    click.echo(f"wrote {out}: " + ", ".join(f"{k} {v}" for k, v in summary.items() if not isinstance(v, dict)))
+
+
+@data_group.command("import-3line", context_settings=_CONTEXT)
+@click.option("--src", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder with <prefix>_train<k>.csv, _valid<k>.csv, _test<k>.csv.")
+@click.option("--prefix", required=True, help="File prefix, e.g. assist2015.")
+@click.option("--fold", required=True, type=click.IntRange(min=1), help="Which AKT fold k to import (1-based).")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder to write.")
+@click.option("--num_c", required=True, type=click.IntRange(min=1), help="Number of skills (ids 1..num_c).")
+@click.option("--maxlen", required=True, type=click.IntRange(min=2), help="Window length (pyKT maxlen).")
+@click.option("--min_seq_len", required=True, type=click.IntRange(min=1), help="Drop shorter histories.")
+@_errors
+def import_cmd(src: Path, prefix: str, fold: int, out: Path, num_c: int, maxlen: int, min_seq_len: int) -> None:
+    """Convert the 3-line layout of DKVMN/AKT/SAKT code to pyKT sequence files.
+
+    \b
+    Example:
+      gakt-data import-3line --src ../shared/data/assist2015/akt --prefix assist2015 --fold 1 \\
+          --out data/assist2015_akt --num_c 100 --maxlen 200 --min_seq_len 3
+    """
+    from .data import import_three_line
+
+    summary = import_three_line(src, prefix, fold, out, num_c, maxlen, min_seq_len)
+    click.echo(f"wrote {out}: {summary}")
+
+
+def _script(command):
+    def run(argv=None):
+        command.main(args=argv, standalone_mode=True)
+
+    return run
+
+
+launch_main = _script(launch_cmd)
+repro_main = _script(repro_cmd)
+compare_main = _script(compare_cmd)
+eval_main = _script(eval_cmd)
+runs_main = _script(runs_cmd)
+data_main = _script(data_group)

@@ -1,0 +1,288 @@
+"""Launch and reproduce: config.json, the explicit commands, experiment ids and run names.
+
+    gakt-launch --short_title baseline --profile cpu-small --epochs 3 --data_root ../shared/data
+    gakt-repro 423891
+
+config.json (one per run, an MLflow artifact) is the run's complete record: the pristine defaults, what was
+overridden, the resolved parameters, the groups, the defaults' md5, the fixed constants of the objective, the code
+version, the data files' hashes and the explicit commands (train_explicit = `mlflow run` with every -P).
+It is a pure function of (parameters, experiment, run name, code, data), so the launcher and a hand-run of
+train_explicit write the same bytes, and a reproduction keeps the original's bytes.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import re
+import secrets
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from . import tracking
+from .errors import ConfigError, ReproError
+from .params import Defaults, Resolved, defaults_md5, format_value, load_defaults, parse_value
+
+PROJECT_ROOT = tracking.PROJECT_ROOT
+CONFIG_NAME = "config.json"
+_NAME_RE = re.compile(r"^(?P<ts>\d{8}_\d{6})_gainakt3exp_(?P<title>.+)_(?P<id>\d{6})$")
+_TITLE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def check_short_title(title: str) -> str:
+    if not _TITLE_RE.match(title or ""):
+        raise ConfigError(f"short_title {title!r}: use 1-64 letters, digits, '_', '-' or '.', starting with a "
+                          "letter or digit (it becomes part of the run name), e.g. --short_title baseline")
+    return title
+
+
+def new_experiment_id(client) -> str:
+    """A fresh 6-digit id no run of the store carries yet."""
+    for _ in range(50):
+        candidate = f"{secrets.randbelow(900000) + 100000}"
+        if not tracking.search_runs(client, f"tags.`{tracking.TAG_EXP_ID}` = '{candidate}'", max_results=1):
+            return candidate
+    raise ConfigError("could not find an unused 6-digit experiment id after 50 tries")
+
+
+def make_run_name(short_title: str, exp_id: str, now: _dt.datetime | None = None) -> str:
+    now = now or _dt.datetime.now()
+    return f"{now:%Y%m%d_%H%M%S}_gainakt3exp_{short_title}_{exp_id}"
+
+
+def parse_run_name(name: str) -> tuple[str, str] | None:
+    """(short_title, experiment id) of a launcher-made run name, else None."""
+    match = _NAME_RE.match(name or "")
+    return (match["title"], match["id"]) if match else None
+
+
+def code_version() -> dict:
+    """The git commit of the project and whether tracked files differ from it (MLflow records no dirty flag)."""
+    from . import __version__
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(PROJECT_ROOT), *args], capture_output=True, text=True,
+                              timeout=20).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD") or "unknown"
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "unknown", False
+    return {"git_commit": commit, "git_dirty": dirty, "package_version": __version__}
+
+
+def param_args(params: dict) -> list[str]:
+    """`-P key=value` for every parameter, in the defaults file's order."""
+    args = []
+    for key, value in params.items():
+        args += ["-P", f"{key}={format_value(value)}"]
+    return args
+
+
+def train_command(params: dict, experiment_name: str, run_name: str) -> list[str]:
+    return ["mlflow", "run", str(PROJECT_ROOT), "--env-manager", "local", "--experiment-name", experiment_name,
+            "--run-name", run_name, *param_args(params)]
+
+
+def eval_command(exp_id: str) -> list[str]:
+    return ["gakt-eval", exp_id]
+
+
+def repro_command(exp_id: str) -> list[str]:
+    return ["gakt-repro", exp_id]
+
+
+def _env_prefix() -> str:
+    return f"MLFLOW_TRACKING_URI={shlex.quote(tracking.redact(tracking.tracking_uri()))} "
+
+
+def data_hashes(params: dict) -> dict:
+    from .data import dataset_spec, file_hashes
+    from .train import resolve_data_root
+
+    return file_hashes(dataset_spec(params["dataset"], resolve_data_root(params["data_root"])))
+
+
+def build_config(resolved: Resolved, *, experiment_name: str, run_name: str, exp_id: str, short_title: str,
+                 hashes: dict, code: dict) -> dict:
+    from .losses import FIXED_CONSTANTS
+
+    defaults = resolved.defaults or load_defaults()
+    params = resolved.params
+    return {
+        "experiment_id": exp_id,
+        "short_title": short_title,
+        "run_name": run_name,
+        "experiment_name": experiment_name,
+        "defaults": defaults.values,
+        "types": defaults.groups,
+        "md5": defaults.md5,
+        "overrides": {k: params[k] for k in params if params[k] != defaults.values[k]},
+        "profiles": resolved.profiles,
+        "params": params,
+        "fixed_constants": FIXED_CONSTANTS,
+        "code_version": code,
+        "data_hashes": hashes,
+        "commands": {
+            "train_explicit": _env_prefix() + shlex.join(train_command(params, experiment_name, run_name)),
+            "eval_explicit": _env_prefix() + shlex.join(eval_command(exp_id)),
+            "reproduce": _env_prefix() + shlex.join(repro_command(exp_id)),
+        },
+    }
+
+
+def config_params(config: dict, defaults: Defaults | None = None) -> dict:
+    """The typed parameters a config.json records, after checking it is intact. Raises ReproError naming what differs.
+
+    Checks: the md5 of its defaults; defaults + overrides == params; every parameter of the current code present.
+    """
+    defaults = defaults or load_defaults()
+    problems = []
+    for key in ("defaults", "md5", "overrides", "params"):
+        if key not in config:
+            raise ReproError(f"config.json has no '{key}': not a gainakt3exp config or truncated")
+    actual = defaults_md5(config["defaults"])
+    if actual != config["md5"]:
+        changed = sorted(k for k in defaults.values if config["defaults"].get(k) != defaults.values.get(k))
+        hint = f" (differs from today's defaults in: {', '.join(changed)})" if changed else ""
+        problems.append(f"its defaults do not match its md5 {config['md5']} (they hash to {actual}): the file was "
+                        f"edited after the run{hint}")
+    rebuilt = {**config["defaults"], **config["overrides"]}
+    for key in sorted(set(rebuilt) | set(config["params"])):
+        if rebuilt.get(key) != config["params"].get(key):
+            problems.append(f"'{key}': defaults+overrides give {rebuilt.get(key)!r} but params records "
+                            f"{config['params'].get(key)!r}")
+    missing = sorted(set(defaults.values) - set(config["params"]))
+    unknown = sorted(set(config["params"]) - set(defaults.values))
+    if missing:
+        problems.append(f"it lacks parameters this code needs: {', '.join(missing)} (check out the commit it "
+                        f"records, {config.get('code_version', {}).get('git_commit', 'unknown')})")
+    if unknown:
+        problems.append(f"it has parameters this code does not know: {', '.join(unknown)}")
+    if problems:
+        raise ReproError("config.json is not consistent:\n" + "\n".join(f"  - {p}" for p in problems))
+    typed = {}
+    for key, value in config["params"].items():
+        try:
+            typed[key] = parse_value(key, value, defaults.kind(key))
+        except ValueError as exc:
+            raise ReproError(f"config.json: {key}={value!r}: {exc}") from None
+    return typed
+
+
+def compare_logged(logged: dict, params: dict) -> list[str]:
+    """Differences between a run's logged param strings and typed parameters (empty = they agree)."""
+    diffs = []
+    for key in sorted(set(logged) | set(params)):
+        want = format_value(params[key]) if key in params else None
+        got = logged.get(key)
+        if key in params and got is not None:
+            try:
+                if parse_value(key, got, _kind(params[key])) == params[key]:
+                    continue
+            except ValueError:
+                pass
+        if got != want:
+            diffs.append(f"'{key}': logged {got!r}, config.json {want!r}")
+    return diffs
+
+
+def _kind(value) -> str:
+    from .params import kind_of
+
+    return kind_of(value)
+
+
+def execute(command: list[str]) -> int:
+    """Run a command (mlflow run ...) in the foreground, streaming its output; returns its exit status."""
+    import os
+
+    env = dict(os.environ)
+    # `mlflow run --env-manager local` runs `python -m ...` from PATH: make it this interpreter's environment.
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    try:
+        return subprocess.call(command, env=env)
+    except KeyboardInterrupt:
+        return 130
+
+
+def mlflow_executable() -> str:
+    """The `mlflow` next to this Python (the venv's), so a launch uses the same installation."""
+    candidate = Path(sys.executable).with_name("mlflow")
+    return str(candidate) if candidate.exists() else "mlflow"
+
+
+def config_bytes(config: dict) -> bytes:
+    return tracking.json_bytes(config)
+
+
+def read_config(client, run_id: str) -> tuple[dict, bytes]:
+    raw = tracking.download_text(client, run_id, CONFIG_NAME)
+    try:
+        return json.loads(raw), raw
+    except json.JSONDecodeError as exc:
+        raise ReproError(f"config.json of run {run_id} is not valid JSON ({exc}); it was edited or truncated") from None
+
+
+# --- the two verbs ------------------------------------------------------------------------------------------------
+
+
+def launch(overrides: dict, profiles: list[str], short_title: str, experiment: str | None, dry_run: bool,
+           echo=print) -> int:
+    """Resolve and validate, then run train_explicit (the same command config.json records). Returns the exit code.
+
+    With dry_run the command is printed and nothing is written (no store is created or touched).
+    """
+    from .params import resolve_params
+
+    check_short_title(short_title)
+    resolved = resolve_params(overrides, profiles)
+    data_hashes(resolved.params)  # a missing or unreadable data set stops here, before any run exists
+    name = tracking.experiment_name(experiment)
+    if dry_run:
+        exp_id = f"{secrets.randbelow(900000) + 100000}"
+        echo(_env_prefix() + shlex.join(train_command(resolved.params, name, make_run_name(short_title, exp_id))))
+        return 0
+    client = tracking.connect()
+    tracking.ensure_experiment(client, name)
+    exp_id = new_experiment_id(client)
+    run_name = make_run_name(short_title, exp_id)
+    command = train_command(resolved.params, name, run_name)
+    print(f"launching experiment {exp_id} as run '{run_name}' in experiment '{name}' "
+          f"({tracking.redact(tracking.tracking_uri())})", file=sys.stderr)
+    status = execute([mlflow_executable(), *command[1:]])
+    runs = tracking.search_runs(client, f"attributes.run_name = '{run_name}'", max_results=1)
+    run_id = runs[0].info.run_id if runs else "none"
+    echo(f"experiment {exp_id}: run {run_id} exited with status {status}")
+    return status
+
+
+def reproduce(ref: str, echo=print) -> int:
+    """Re-run a finished run from its logged parameters, after checking them against its config.json."""
+    client = tracking.connect()
+    original = tracking.resolve_run(client, ref)
+    run_id = original.info.run_id
+    config, raw = read_config(client, run_id)
+    params = config_params(config)
+    diffs = compare_logged(tracking.read_params(original), params)
+    if diffs:
+        raise ReproError(f"run {run_id}: its logged params disagree with its config.json; refusing to reproduce:\n"
+                         + "\n".join(f"  - {d}" for d in diffs))
+    tags = original.data.tags
+    exp_id = tags.get(tracking.TAG_EXP_ID) or config.get("experiment_id", "")
+    title = tags.get(tracking.TAG_TITLE) or config.get("short_title", "run")
+    run_name = f"{_dt.datetime.now():%Y%m%d_%H%M%S}_gainakt3exp_{title}_{exp_id}_repro"
+    new = client.create_run(original.info.experiment_id, run_name=run_name, tags={
+        tracking.TAG_REPRO_OF: run_id, tracking.TAG_EXP_ID: exp_id, tracking.TAG_TITLE: title,
+        tracking.TAG_KIND: "repro", tracking.TAG_OUTCOME: "pending"})
+    new_id = new.info.run_id
+    tracking.publish_bytes(client, new_id, CONFIG_NAME, raw)  # byte for byte
+    command = [mlflow_executable(), "run", str(PROJECT_ROOT), "--env-manager", "local", "--experiment-id",
+               original.info.experiment_id, "--run-id", new_id, *param_args(params)]
+    echo(f"reproducing experiment {exp_id} (run {run_id}) as run {new_id}")
+    status = execute(command)
+    echo(f"reproduction run {new_id} exited with status {status}; compare with: gakt-compare {exp_id}")
+    return status
+

@@ -1,0 +1,333 @@
+"""Everything that talks to MLflow: the store, experiments, run lookup, the metric sink, artifacts.
+
+    from gainakt3exp import tracking
+    client = tracking.connect()                       # embedded store, or MLFLOW_TRACKING_URI
+    run = tracking.resolve_run(client, "423891")      # a run id or the 6-digit experiment id
+
+The embedded default store is `sqlite:///<project>/mlflow.db` with artifacts in `<project>/mlruns` (absolute
+paths, never the cwd). MLFLOW_TRACKING_URI=http://host:port selects a remote `mlflow server`; its basic-auth
+credentials come from MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD and are never written anywhere.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Mapping
+
+from .errors import RunNotFoundError, TrackingError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENT_ENV = "GAKT_EXPERIMENT_NAME"
+EXPERIMENT_NAME = "gainakt3exp"  # the experiment runs go to unless GAKT_EXPERIMENT_NAME / --experiment names another
+
+# Tags this service writes (one namespace, so the UI groups them).
+TAG_EXP_ID = "gakt.experiment_id"
+TAG_TITLE = "gakt.short_title"
+TAG_REPRO_OF = "gakt.reproduction_of"
+TAG_EVAL_OF = "gakt.evaluation_of"
+TAG_OUTCOME = "gakt.outcome"
+TAG_KIND = "gakt.kind"  # train | repro | eval
+
+_RUN_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+_EXP_ID_RE = re.compile(r"^\d{6}$")
+# A dead server should fail in seconds, not after minutes of retries (SPEC §9).
+_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+                  "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI if set, else the embedded store in the project folder."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+
+
+def experiment_name(explicit: str | None = None) -> str:
+    return explicit or os.environ.get(EXPERIMENT_ENV) or EXPERIMENT_NAME
+
+
+def is_remote(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def redact(uri: str) -> str:
+    """A URI safe to print or record: any user:password@ part removed."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.username or parts.password:
+        netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    return uri
+
+
+def configure() -> str:
+    """Point this process and its children (mlflow run) at the tracking store; returns the URI."""
+    uri = tracking_uri()
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    for key, value in _HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def check_server(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, naming the URI, when a remote server is down or refuses our credentials."""
+    if not is_remote(uri):
+        return
+    request = urllib.request.Request(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search",
+                                     data=b'{"max_results": 1}', headers={"Content-Type": "application/json"})
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user is not None and password is not None:
+        import base64
+
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):
+            return
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            who = f"user '{user}'" if user else "no credentials"
+            raise TrackingError(
+                f"tracking server {redact(uri)} refused the request (HTTP {exc.code}, {who}); set "
+                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account of that server"
+            ) from None
+        raise TrackingError(f"tracking server {redact(uri)} answered HTTP {exc.code}: {exc.reason}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TrackingError(
+            f"tracking server {redact(uri)} cannot be reached ({reason}); start it or fix MLFLOW_TRACKING_URI"
+        ) from None
+
+
+@contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Serialise first use of a SQLite store: several processes creating it at once can corrupt it (SPEC §9)."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(str(db) + ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def artifact_root(uri: str) -> str | None:
+    """Where a local SQLite store keeps artifacts: `mlruns` beside the database (None for a server)."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "mlruns").as_uri()
+    return None
+
+
+def connect():
+    """Configure tracking, check a remote server, initialise the store once; returns an MlflowClient."""
+    uri = configure()
+    check_server(uri)
+    from mlflow.tracking import MlflowClient
+
+    with _store_lock(uri):
+        client = MlflowClient(uri)
+        try:
+            client.search_experiments(max_results=1)
+        except Exception as exc:  # noqa: BLE001 - turned into one clear message
+            raise TrackingError(f"tracking store {redact(uri)} is not usable: {_short(exc)}") from None
+    return client
+
+
+def ensure_experiment(client, name: str) -> str:
+    """Get or create the experiment once (under the store lock) and return its id; never races set_experiment."""
+    uri = tracking_uri()
+    with _store_lock(uri):
+        found = client.get_experiment_by_name(name)
+        if found is not None:
+            if found.lifecycle_stage == "deleted":
+                raise TrackingError(f"experiment '{name}' is deleted; restore it (mlflow experiments restore) or "
+                                    f"choose another name with --experiment or {EXPERIMENT_ENV}")
+            return found.experiment_id
+        try:
+            return client.create_experiment(name, artifact_location=artifact_root(uri))
+        except Exception:  # noqa: BLE001 - another process created it first (a server without our lock)
+            found = client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
+
+
+def resolve_run(client, ref: str):
+    """A run from an MLflow run id or a 6-digit experiment id (the original run, not a reproduction)."""
+    ref = str(ref).strip()
+    if _RUN_ID_RE.match(ref):
+        try:
+            return client.get_run(ref)
+        except Exception as exc:  # noqa: BLE001
+            if "RESOURCE_DOES_NOT_EXIST" in str(exc) or "not found" in str(exc).lower():
+                raise RunNotFoundError(f"run '{ref}' does not exist in {redact(tracking_uri())}; "
+                                       "list runs with gakt-runs") from None
+            raise TrackingError(f"cannot read run '{ref}': {_short(exc)}") from None
+    if _EXP_ID_RE.match(ref):
+        runs = search_runs(client, f"tags.`{TAG_EXP_ID}` = '{ref}'")
+        originals = [r for r in runs if TAG_REPRO_OF not in r.data.tags and TAG_EVAL_OF not in r.data.tags]
+        if not originals:
+            raise RunNotFoundError(f"no run has experiment id {ref} in {redact(tracking_uri())}; "
+                                   "list runs with gakt-runs")
+        return originals[0]
+    raise RunNotFoundError(f"'{ref}' is neither a run id (32 hex characters) nor a 6-digit experiment id; "
+                           "list runs with gakt-runs")
+
+
+def search_runs(client, filter_string: str = "", max_results: int = 1000) -> list:
+    """Runs of every active experiment matching the filter, newest first."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return []
+    return list(client.search_runs(experiments, filter_string=filter_string, max_results=max_results,
+                                   order_by=["attributes.start_time DESC"]))
+
+
+def read_params(run) -> dict:
+    """The run's logged params, unquoted: `mlflow run` logs shell-quoted values ('gakt v2')."""
+    import shlex
+
+    out = {}
+    for key, value in run.data.params.items():
+        try:
+            parts = shlex.split(value)
+            out[key] = parts[0] if len(parts) == 1 else value
+        except ValueError:
+            out[key] = value
+        if value == "''" or value == '""':
+            out[key] = ""
+    return out
+
+
+def download_text(client, run_id: str, name: str) -> bytes:
+    """One artifact's bytes; a missing one is a clear error naming the run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(run_id, name, tmp)
+        except Exception as exc:  # noqa: BLE001
+            raise RunNotFoundError(f"run {run_id} has no artifact '{name}' ({_short(exc)}); was it trained by "
+                                   "gainakt3exp and did it finish its first epoch?") from None
+        return Path(path).read_bytes()
+
+
+def has_artifact(client, run_id: str, name: str) -> bool:
+    try:
+        return any(f.path == name for f in client.list_artifacts(run_id))
+    except Exception:  # noqa: BLE001 - a store without that run folder yet
+        return False
+
+
+def publish_bytes(client, run_id: str, name: str, data: bytes) -> None:
+    """Store `data` as artifact `name` of the run, atomically: a reader never sees a half-written file.
+
+    A local artifact store gets a temp file in the destination folder and an os.replace; a server receives one
+    upload of a complete file.
+    """
+    run = client.get_run(run_id)
+    dest = _local_artifact_dir(run.info.artifact_uri)
+    if dest is not None:
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(name).name
+        path.write_bytes(data)
+        sub = str(Path(name).parent) if Path(name).parent != Path(".") else None
+        client.log_artifact(run_id, str(path), sub)
+
+
+def publish_file(client, run_id: str, name: str, path: Path) -> None:
+    publish_bytes(client, run_id, name, Path(path).read_bytes())
+
+
+def _local_artifact_dir(artifact_uri: str) -> Path | None:
+    if artifact_uri.startswith("file://"):
+        return Path(urllib.parse.unquote(urllib.parse.urlsplit(artifact_uri).path))
+    if artifact_uri.startswith("/"):
+        return Path(artifact_uri)
+    return None
+
+
+class MlflowSink:
+    """The training loop's metric sink for one MLflow run: one batched call per step (SPEC §9 cost)."""
+
+    def __init__(self, client, run_id: str):
+        self.client, self.run_id = client, run_id
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()]
+        for i in range(0, len(batch), 900):
+            self.client.log_batch(self.run_id, metrics=batch[i:i + 900])
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, name: str, data: bytes) -> None:
+        publish_bytes(self.client, self.run_id, name, data)
+
+
+class MemorySink:
+    """In-memory sink for tests and dry runs: what was logged, readable back."""
+
+    def __init__(self):
+        self.metrics: dict[str, list[tuple[int, float]]] = {}
+        self.tags: dict[str, str] = {}
+        self.artifacts: dict[str, bytes] = {}
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        for key, value in metrics.items():
+            self.metrics.setdefault(key, []).append((int(step), float(value)))
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        self.tags.update({k: str(v) for k, v in tags.items()})
+
+    def log_artifact(self, name: str, data: bytes) -> None:
+        self.artifacts[name] = bytes(data)
+
+
+def json_bytes(obj) -> bytes:
+    """The one JSON layout of our artifacts (stable key order, so equal content gives equal bytes)."""
+    return (json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n").encode()
+
+
+def _json_default(value):
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+def copy_tree(src: Path, dst: Path) -> None:
+    shutil.copytree(src, dst, dirs_exist_ok=True)

@@ -1,0 +1,49 @@
+"""The project's declarations agree: MLproject, the defaults file, the training CLI, conda.yaml and pyproject."""
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+from gainakt3exp.params import load_defaults
+from gainakt3exp.runner import build_train_command
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _mlproject():
+    return yaml.safe_load((ROOT / "MLproject").read_text())
+
+
+def test_mlproject_main_declares_every_parameter_without_a_default():
+    main = _mlproject()["entry_points"]["main"]
+    defaults = load_defaults().values
+    assert list(main["parameters"]) == list(defaults)
+    for key, spec in main["parameters"].items():
+        assert spec == "string", f"{key} must be a plain string parameter with no default"
+
+
+def test_mlproject_command_passes_each_parameter_once_to_the_training_cli():
+    command = _mlproject()["entry_points"]["main"]["command"]
+    passed = re.findall(r"--(\w+) \{(\w+)\}", command)
+    assert [a for a, _ in passed] == [b for _, b in passed]
+    assert [a for a, _ in passed] == list(load_defaults().values)
+
+
+def test_training_cli_requires_exactly_the_parameters():
+    command = build_train_command()
+    names = [p.name for p in command.params if p.name != "help"]
+    assert names == list(load_defaults().values)
+    assert all(p.required and not isinstance(p.default, str) for p in command.params if p.name != "help")
+
+
+def test_eval_entry_point_takes_the_run():
+    assert _mlproject()["entry_points"]["eval"]["parameters"] == {"run": "string"}
+
+
+def test_conda_yaml_and_pyproject_pin_the_same_dependencies():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    conda = yaml.safe_load((ROOT / "conda.yaml").read_text())
+    pip_deps = next(d["pip"] for d in conda["dependencies"] if isinstance(d, dict))
+    assert sorted(pip_deps) == sorted(pyproject)
+    assert "torch==2.13.0" in pyproject

@@ -1,0 +1,170 @@
+"""gakt-runs and stale runs: runs made directly in a real local SQLite store (no training).
+
+One store per module (creating MLflow's tables takes seconds); each test uses its own MLflow experiment.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import pytest
+from mlflow.entities import Metric
+
+from gainakt3exp import runs, tracking
+
+_ids = itertools.count(420001)
+_names = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    path = tmp_path_factory.mktemp("runs_store")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{path}/mlflow.db")
+        yield tracking.connect()
+
+
+@pytest.fixture
+def experiment(client):
+    name = f"runs_test_{next(_names)}"
+    return name, tracking.ensure_experiment(client, name)
+
+
+def make_run(client, experiment_id, *, exp_id=None, kind="train", tags=None, val_auc=(), test_auc=None,
+             status="FINISHED", start_time=None, metric_time=None):
+    exp_id = exp_id or str(next(_ids))
+    all_tags = {tracking.TAG_EXP_ID: exp_id, tracking.TAG_TITLE: f"t{exp_id}", tracking.TAG_KIND: kind,
+                tracking.TAG_OUTCOME: "finished" if status == "FINISHED" else "running", **(tags or {})}
+    run = client.create_run(experiment_id, start_time=start_time, tags=all_tags)
+    rid = run.info.run_id
+    now = metric_time or int(time.time() * 1000)
+    metrics = [Metric("val/auc", v, now + i, i) for i, v in enumerate(val_auc, start=1)]
+    if test_auc is not None:
+        metrics.append(Metric("eval/test_auc", test_auc, now, 1))
+    if metrics:
+        client.log_batch(rid, metrics=metrics)
+    if status != "RUNNING":
+        client.set_terminated(rid, status)
+    return rid
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_list_shows_originals_and_reproductions_with_matched_flag(client, experiment):
+    name, eid = experiment
+    done = make_run(client, eid, val_auc=[0.6, 0.7], tags={"gakt.best_val_auc": "0.700000"}, test_auc=0.69,
+                    start_time=1_000_000)
+    make_run(client, eid, exp_id=client.get_run(done).data.tags[tracking.TAG_EXP_ID], kind="repro",
+             val_auc=[0.6, 0.7], tags={"gakt.best_val_auc": "0.700000", tracking.TAG_REPRO_OF: done},
+             start_time=2_000_000)
+    other = make_run(client, eid, val_auc=[0.5], tags={"gakt.best_val_auc": "0.500000"}, start_time=3_000_000)
+    make_run(client, eid, kind="repro", tags={"gakt.best_val_auc": "0.510000", tracking.TAG_REPRO_OF: other},
+             start_time=4_000_000)
+    lonely = make_run(client, eid, val_auc=[0.55, 0.58, 0.57], status="RUNNING", start_time=5_000_000)
+    rows = runs.list_runs(client, experiment_name=name)
+    assert [r["kind"] for r in rows] == ["train", "repro", "train", "repro", "train"]  # newest first
+    by_id = {r["run_id"]: r for r in rows}
+    assert by_id[done]["reproduced"] == "matched" and by_id[other]["reproduced"] == "differs"
+    assert by_id[lonely]["reproduced"] == "-"
+    assert by_id[done]["best_val_auc"] == pytest.approx(0.7) and by_id[done]["epochs"] == 2
+    assert by_id[done]["test_auc"] == pytest.approx(0.69) and by_id[other]["test_auc"] is None
+    assert by_id[lonely]["best_val_auc"] == pytest.approx(0.58)  # no tag yet: max of the history
+    assert by_id[lonely]["status"] == "RUNNING" and by_id[lonely]["epochs"] == 3
+    assert rows[3]["reproduction_of"] == done and rows[3]["reproduced"] == ""
+    table = runs.format_runs(rows).splitlines()
+    assert table[0].split()[:4] == ["id", "title", "kind", "status"] and len(table) == 2 + len(rows)
+    assert "matched" in table[6] and done in table[6]
+
+
+def test_list_skips_evaluation_runs_and_honours_limit(client, experiment):
+    name, eid = experiment
+    trained = [make_run(client, eid, start_time=1_000_000 + i) for i in range(3)]
+    make_run(client, eid, kind="eval", tags={tracking.TAG_EVAL_OF: trained[0]}, start_time=2_000_000)
+    rows = runs.list_runs(client, experiment_name=name)
+    assert [r["run_id"] for r in rows] == trained[::-1]
+    assert len(runs.list_runs(client, limit=2, experiment_name=name)) == 2
+
+
+def test_unknown_experiment_name_is_a_clear_error(client):
+    from gainakt3exp.errors import RunNotFoundError
+
+    with pytest.raises(RunNotFoundError, match="experiment 'nope' does not exist"):
+        runs.list_runs(client, experiment_name="nope")
+
+
+def test_dead_process_on_this_host_is_marked_stale(client, experiment):
+    _, eid = experiment
+    pid = dead_pid()
+    rid = make_run(client, eid, status="RUNNING", tags={"gakt.host": platform.node(), "gakt.pid": str(pid)})
+    stale = [s for s in runs.find_stale_runs(client, older_than_minutes=60) if s["run_id"] == rid]
+    assert len(stale) == 1 and f"process {pid}" in stale[0]["reason"]
+    assert runs.mark_stale_runs(client, stale) == 1
+    run = client.get_run(rid)
+    assert run.info.status == "KILLED"
+    assert run.data.tags[tracking.TAG_OUTCOME] == "stale"
+    assert f"process {pid}" in run.data.tags["gakt.outcome_reason"]
+
+
+def test_live_process_on_this_host_is_not_stale(client, experiment):
+    _, eid = experiment
+    old = int(time.time() * 1000) - 10 * 3600 * 1000
+    rid = make_run(client, eid, status="RUNNING", start_time=old,
+                   tags={"gakt.host": platform.node(), "gakt.pid": str(os.getpid())})
+    assert rid not in {s["run_id"] for s in runs.find_stale_runs(client, older_than_minutes=60)}
+    assert client.get_run(rid).info.status == "RUNNING"
+
+
+def test_finished_run_is_never_touched(client, experiment):
+    _, eid = experiment
+    rid = make_run(client, eid, status="FINISHED", tags={"gakt.host": platform.node(), "gakt.pid": str(dead_pid())})
+    assert rid not in {s["run_id"] for s in runs.find_stale_runs(client, older_than_minutes=60)}
+    assert runs.mark_stale_runs(client, [{"run_id": rid, "reason": "forced"}]) == 0
+    run = client.get_run(rid)
+    assert run.info.status == "FINISHED" and run.data.tags[tracking.TAG_OUTCOME] == "finished"
+
+
+def test_run_idle_longer_than_the_limit_is_stale(client, experiment):
+    _, eid = experiment
+    now = int(time.time() * 1000)
+    old = now - 3 * 3600 * 1000
+    other_host = {"gakt.host": "some-other-machine", "gakt.pid": "12345"}
+    idle = make_run(client, eid, status="RUNNING", start_time=old, tags=other_host)
+    active = make_run(client, eid, status="RUNNING", start_time=old, tags=other_host, val_auc=[0.6],
+                      metric_time=now - 60 * 1000)  # logged a minute ago
+    fresh = make_run(client, eid, status="RUNNING", tags=other_host)
+    found = {s["run_id"]: s for s in runs.find_stale_runs(client, older_than_minutes=120)}
+    assert idle in found and "no activity for 180 min" in found[idle]["reason"]
+    assert active not in found and fresh not in found
+    assert runs.mark_stale_runs(client, [found[idle]]) == 1
+    assert client.get_run(idle).info.status == "KILLED"
+    assert client.get_run(active).info.status == "RUNNING"
+
+
+def test_runs_not_made_by_this_service_are_ignored(client, experiment):
+    _, eid = experiment
+    foreign = client.create_run(eid, start_time=int(time.time() * 1000) - 3 * 3600 * 1000,
+                                tags={"owner": "someone else"}).info.run_id
+    assert foreign not in {s["run_id"] for s in runs.find_stale_runs(client, older_than_minutes=1)}
+
+
+def test_non_positive_age_limit_is_refused(client):
+    from gainakt3exp.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="older_than_minutes"):
+        runs.find_stale_runs(client, older_than_minutes=0)
+
+
+def test_reproduction_without_result_shows_its_outcome(client, experiment):
+    name, eid = experiment
+    done = make_run(client, eid, val_auc=[0.7], tags={"gakt.best_val_auc": "0.700000"}, start_time=1_000_000)
+    make_run(client, eid, kind="repro", status="RUNNING", tags={tracking.TAG_REPRO_OF: done}, start_time=2_000_000)
+    row = next(r for r in runs.list_runs(client, experiment_name=name) if r["run_id"] == done)
+    assert row["reproduced"] == "running"
