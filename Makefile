@@ -21,7 +21,7 @@ demo: setup
 	$(BIN)/gakt-data synth --out data/synthetic --students 1000 --skills 20 --seed 7
 	$(BIN)/gakt-launch --short_title quickstart --profile quickstart
 	$(BIN)/gakt-eval $$($(BIN)/gakt-runs --latest-id)
-	$(BIN)/gakt-repro $$($(BIN)/gakt-runs --latest-id)
+	$(BIN)/gakt-repro --eval $$($(BIN)/gakt-runs --latest-id)
 	$(BIN)/gakt-compare $$($(BIN)/gakt-runs --latest-id)
 	@echo "Open the MLflow UI on this store: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port 5000"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from .errors import GaktError
-from .params import list_profiles, load_defaults
+from .params import format_value, list_profiles, load_defaults
 
 _CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
@@ -34,13 +34,34 @@ def _errors(func):
     return wrapper
 
 
+_NO_VALUE = "\0no value"  # what a bool option given bare (`--use_amp`) receives, so it can be refused by name
+
+
+def _require_value(ctx, param, value):
+    """Refuse `--use_amp` without a value, and `--epochs --d_model 16` (an option name taken as the value)."""
+    if value == _NO_VALUE or (isinstance(value, str) and value.startswith("--")):
+        example = format_value(load_defaults().values[param.name])
+        if isinstance(load_defaults().values[param.name], bool):
+            hint = (f"--{param.name} true or --{param.name} false (a bare flag is refused: its meaning would "
+                    "depend on the default)")
+        else:
+            hint = f"e.g. --{param.name} {example}"
+        raise click.BadParameter(f"needs a value: {hint}", ctx=ctx, param=param)
+    return value
+
+
 def _param_options(func):
     """One optional `--<name> VALUE` per run parameter (values parsed and validated together, bools true|false)."""
     from .runner import _meanings
 
     meanings = _meanings()
-    for key in reversed(list(load_defaults().values)):
-        func = click.option(f"--{key}", key, default=None, metavar="VALUE", help=meanings.get(key))(func)
+    defaults = load_defaults().values
+    for key in reversed(list(defaults)):
+        # A bool option given bare gets _NO_VALUE (then refused); others keep click's "requires an argument",
+        # because an optional value would read a negative number (-0.1) as an option.
+        bare = {"is_flag": False, "flag_value": _NO_VALUE} if isinstance(defaults[key], bool) else {}
+        func = click.option(f"--{key}", key, default=None, metavar="VALUE", help=meanings.get(key),
+                            callback=_require_value, **bare)(func)
     return func
 
 
@@ -83,19 +104,20 @@ def launch_cmd(short_title, profiles, dry_run, experiment, **values) -> None:
 
 @main.command("repro", context_settings=_CONTEXT)
 @click.argument("run")
+@click.option("--eval", "evaluate", is_flag=True, help="Also evaluate the reproduction (like gakt-eval) when it finishes.")
 @_errors
-def repro_cmd(run: str) -> None:
+def repro_cmd(run: str, evaluate: bool) -> None:
     """Re-run RUN (run id or 6-digit experiment id) from its logged parameters through `mlflow run`.
 
     The logged params are checked against the run's config.json and its md5 first; any difference refuses.
 
     \b
     Example:
-      gakt-repro 423891 && gakt-compare 423891
+      gakt-repro 423891 --eval && gakt-compare 423891
     """
     from .experiment import reproduce
 
-    sys.exit(reproduce(run, echo=click.echo))
+    sys.exit(reproduce(run, echo=click.echo, evaluate=evaluate))
 
 
 @main.command("compare", context_settings=_CONTEXT)

@@ -219,9 +219,9 @@ def _load_arrays(path, num_c: int, width: int, truth_path, dataset: str | None) 
     cached = cache_dir() / f"{key}.npz"
     arrays = _read_cache(cached)
     if arrays is None:
-        arrays = _parse_sequence_file(data, path.name, num_c, width, dataset)
+        arrays = _parse_sequence_file(data, str(path), num_c, width, dataset)
         if truth_path is not None:
-            arrays["truth"] = _parse_truth_file(truth_data, Path(truth_path).name, arrays, width)
+            arrays["truth"] = _parse_truth_file(truth_data, str(truth_path), arrays, width)
         _write_cache(cached, arrays)
     return arrays, str(path), file_hash
 

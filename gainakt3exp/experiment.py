@@ -66,7 +66,7 @@ def code_version() -> dict:
                               timeout=20).stdout.strip()
 
     try:
-        commit = git("rev-parse", "HEAD") or "unknown"
+        commit = git("rev-parse", "--verify", "-q", "HEAD") or "unknown"
         dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.SubprocessError):
         commit, dirty = "unknown", False
@@ -103,6 +103,17 @@ def data_hashes(params: dict) -> dict:
     from .train import resolve_data_root
 
     return file_hashes(dataset_spec(params["dataset"], resolve_data_root(params["data_root"])))
+
+
+def check_data(params: dict) -> None:
+    """Parse every file of the run's data set (train_valid, test, test_window), so a malformed file is refused,
+    naming file, line and problem, before any run exists. The parsed arrays land in the cache training reads."""
+    from .data import SPLITS, dataset_spec, load_split
+    from .train import resolve_data_root
+
+    spec = dataset_spec(params["dataset"], resolve_data_root(params["data_root"]))
+    for split in SPLITS:
+        load_split(spec, split, params["fold"], params["seq_len"])
 
 
 def build_config(resolved: Resolved, *, experiment_name: str, run_name: str, exp_id: str, short_title: str,
@@ -239,7 +250,7 @@ def launch(overrides: dict, profiles: list[str], short_title: str, experiment: s
 
     check_short_title(short_title)
     resolved = resolve_params(overrides, profiles)
-    data_hashes(resolved.params)  # a missing or unreadable data set stops here, before any run exists
+    check_data(resolved.params)  # a missing or malformed data set stops here, before any run exists
     name = tracking.experiment_name(experiment)
     if dry_run:
         exp_id = f"{secrets.randbelow(900000) + 100000}"
@@ -259,8 +270,11 @@ def launch(overrides: dict, profiles: list[str], short_title: str, experiment: s
     return status
 
 
-def reproduce(ref: str, echo=print) -> int:
-    """Re-run a finished run from its logged parameters, after checking them against its config.json."""
+def reproduce(ref: str, echo=print, evaluate: bool = False) -> int:
+    """Re-run a finished run from its logged parameters, after checking them against its config.json.
+
+    With evaluate, the reproduction's best checkpoint is evaluated too (so gakt-compare can compare test AUCs).
+    """
     client = tracking.connect()
     original = tracking.resolve_run(client, ref)
     run_id = original.info.run_id
@@ -284,5 +298,9 @@ def reproduce(ref: str, echo=print) -> int:
     echo(f"reproducing experiment {exp_id} (run {run_id}) as run {new_id}")
     status = execute(command)
     echo(f"reproduction run {new_id} exited with status {status}; compare with: gakt-compare {exp_id}")
+    if status == 0 and evaluate:
+        from .evaluate import evaluate_run
+
+        evaluate_run(client, new_id, echo=echo)
     return status
 
