@@ -171,3 +171,24 @@ def test_mlflow_run_with_an_ill_typed_value_is_refused_by_our_validation(store):
                           env=store["env"], capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "epochs='abc': expected an integer" in proc.stderr
+
+
+def test_plain_mlflow_run_with_every_parameter_records_the_whole_trajectory(store):
+    """Exactly the MLproject entry point: `mlflow run . --env-manager local -P ...` (every parameter, 3 epochs)."""
+    from gainakt3exp.experiment import param_args
+    from gainakt3exp.params import load_defaults, resolve_params
+
+    params = resolve_params({"data_root": str(store["tmp"]), "epochs": "3"}, ["tiny"]).params
+    proc = subprocess.run([str(BIN / "mlflow"), "run", str(ROOT), "--env-manager", "local", "--experiment-name",
+                           "plain", *param_args(params)], env=store["env"], capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    client = _client(store)
+    (run,) = client.search_runs([client.get_experiment_by_name("plain").experiment_id])
+    assert run.data.params.keys() == load_defaults().values.keys()
+    trajectory = [k for k in run.data.metrics if k.startswith(("trajectory/", "loss_shares/", "weights/"))]
+    assert len(trajectory) >= 20
+    for key in trajectory:
+        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2, 3], key
+    assert {f.path for f in client.list_artifacts(run.info.run_id)} >= {
+        "config.json", "model_best.pth", "results.json", "metrics_epoch.csv", "trajectory.png"}
