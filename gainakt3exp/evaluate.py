@@ -62,7 +62,7 @@ def evaluate_run(client, ref: str, *, max_correlation_students: int | None = Non
     run = tracking.resolve_run(client, ref)
     run_id = run.info.run_id
     params = parse_param_strings(tracking.read_params(run))
-    checkpoint = load_checkpoint(tracking.download_text(client, run_id, "model_best.pth"))
+    checkpoint = _read_checkpoint(client, run_id, load_checkpoint)
     if checkpoint["params"] != params:
         diffs = sorted(k for k in params if checkpoint["params"].get(k) != params[k])
         raise ReproError(f"model_best.pth of run {run_id} was trained with other parameters than the run logs "
@@ -91,6 +91,28 @@ def evaluate_run(client, ref: str, *, max_correlation_students: int | None = Non
     sink.set_tags({"gakt.evaluated": "true"})
     _tag_entry_point_run(client, run_id, metrics, checkpoint["epoch"])
     return results
+
+
+_CHECKPOINT_KEYS = ("state_dict", "params", "num_c", "epoch", "val_auc")
+
+
+def _read_checkpoint(client, run_id: str, load_checkpoint) -> dict:
+    """model_best.pth of the run, loaded weights-only: a corrupt or code-carrying file is refused, never executed."""
+    raw = tracking.download_text(client, run_id, "model_best.pth")
+    try:
+        checkpoint = load_checkpoint(raw)
+    except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError... for bad files
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        detail = next((line for line in lines if "GLOBAL" in line),
+                      f"{type(exc).__name__}: {next((ln for ln in lines if ln.startswith('Unsupported')), lines[0])}")
+        raise ReproError(f"model_best.pth of run {run_id} is not a weights-only checkpoint ({detail[:200]}); "
+                         "nothing in it was executed. The artifact is corrupt or was replaced: re-train the run "
+                         "(gakt-repro) or restore the file") from None
+    missing = [k for k in _CHECKPOINT_KEYS if not isinstance(checkpoint, dict) or k not in checkpoint]
+    if missing:
+        raise ReproError(f"model_best.pth of run {run_id} lacks {', '.join(missing)}: not a gainakt3exp checkpoint; "
+                         "re-train the run (gakt-repro) or restore the file")
+    return checkpoint
 
 
 def _tag_entry_point_run(client, evaluated_run_id: str, metrics: dict, step: int) -> None:

@@ -250,6 +250,8 @@ def launch(overrides: dict, profiles: list[str], short_title: str, experiment: s
 
     check_short_title(short_title)
     resolved = resolve_params(overrides, profiles)
+    if not dry_run:  # a dead or refusing server fails in a second, before the data code imports torch
+        tracking.check_server(tracking.tracking_uri())
     check_data(resolved.params)  # a missing or malformed data set stops here, before any run exists
     name = tracking.experiment_name(experiment)
     if dry_run:
@@ -284,6 +286,11 @@ def reproduce(ref: str, echo=print, evaluate: bool = False) -> int:
     if diffs:
         raise ReproError(f"run {run_id}: its logged params disagree with its config.json; refusing to reproduce:\n"
                          + "\n".join(f"  - {d}" for d in diffs))
+    check_data(params)  # data changed or corrupted since the original run: refuse before creating a run
+    changed = sorted(k for k, v in data_hashes(params).items() if config.get("data_hashes", {}).get(k) != v)
+    if changed:
+        echo(f"warning: data files differ from those the original run read: {', '.join(changed)} "
+             "(gakt-compare will flag the data hash)")
     tags = original.data.tags
     exp_id = tags.get(tracking.TAG_EXP_ID) or config.get("experiment_id", "")
     title = tags.get(tracking.TAG_TITLE) or config.get("short_title", "run")

@@ -225,8 +225,8 @@ def stale_reason(run, older_than_minutes: float, now_ms: int | None = None, host
 def find_stale_runs(client, older_than_minutes: float, experiment_name: str | None = None) -> list[dict]:
     """RUNNING runs of this service that nothing runs any more: [{run_id, run_name, exp_id, short_title, kind,
     host, pid, reason}], newest first. Reads only; mark_stale_runs changes them."""
-    if not isinstance(older_than_minutes, (int, float)) or not older_than_minutes > 0 \
-            or math.isinf(older_than_minutes):
+    # inf is allowed: it means "only the dead-process rule" (gakt-runs --stale without --older_than)
+    if not isinstance(older_than_minutes, (int, float)) or not older_than_minutes > 0:
         raise ConfigError(f"older_than_minutes {older_than_minutes!r}: must be a number > 0, e.g. "
                           "--older-than 120 (minutes without any logged metric)")
     now_ms, host = int(time.time() * 1000), platform.node()

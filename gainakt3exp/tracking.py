@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Mapping
 
-from .errors import RunNotFoundError, TrackingError
+from .errors import ConfigError, RunNotFoundError, TrackingError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT_ENV = "GAKT_EXPERIMENT_NAME"
@@ -95,7 +95,8 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
             return
     except urllib.error.HTTPError as exc:
         if exc.code in (401, 403):
-            who = f"user '{user}'" if user else "no credentials"
+            who = (f"user '{user}'" if password is not None else f"user '{user}' without a password") if user \
+                else "no credentials"
             raise TrackingError(
                 f"tracking server {redact(uri)} refused the request (HTTP {exc.code}, {who}); set "
                 "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account of that server"
@@ -131,10 +132,25 @@ def artifact_root(uri: str) -> str | None:
     return None
 
 
+# Stores MLflow 3 can track to (the old `file:` store raises there, SPEC §9); `postgresql+psycopg2` counts as postgresql.
+_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+
+
+def check_uri(uri: str) -> None:
+    """Refuse a tracking URI of an unknown scheme (ftp://x, a bare path) with the forms that work."""
+    scheme = urllib.parse.urlsplit(uri).scheme.split("+")[0].lower()
+    if scheme not in _SCHEMES:
+        raise ConfigError(
+            f"MLFLOW_TRACKING_URI={redact(uri)!r}: scheme '{scheme or '(none)'}' is not a tracking store; use "
+            "http(s)://host:port for a tracking server or sqlite:////absolute/path/mlflow.db for a local store, "
+            "or unset it for the embedded store")
+
+
 def connect():
     """Configure tracking, check a remote server, initialise the store once; returns an MlflowClient."""
+    check_uri(tracking_uri())
+    check_server(tracking_uri())  # before configure() imports mlflow (~3 s): a dead server fails in about a second
     uri = configure()
-    check_server(uri)
     from mlflow.tracking import MlflowClient
 
     with _store_lock(uri):
@@ -218,8 +234,8 @@ def download_text(client, run_id: str, name: str) -> bytes:
         try:
             path = client.download_artifacts(run_id, name, tmp)
         except Exception as exc:  # noqa: BLE001
-            raise RunNotFoundError(f"run {run_id} has no artifact '{name}' ({_short(exc)}); was it trained by "
-                                   "gainakt3exp and did it finish its first epoch?") from None
+            raise RunNotFoundError(f"run {run_id} has no artifact '{name}' ({_short(exc)}); was it made by "
+                                   "gainakt3exp? (model_best.pth appears after the first epoch)") from None
         return Path(path).read_bytes()
 
 
@@ -242,11 +258,19 @@ def publish_bytes(client, run_id: str, name: str, data: bytes) -> None:
         target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(tmp, 0o644)  # mkstemp makes 0600; artifacts are read by the UI/server, maybe as another user
+            os.replace(tmp, target)
+        except BaseException:  # a failed or interrupted write leaves the old artifact and no temp file
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
         return
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / Path(name).name
