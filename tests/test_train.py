@@ -111,3 +111,26 @@ def test_pure_bce_trains_without_heads(tiny_params):
     train_model(params, sink)
     assert sink.metrics["loss_shares/main"][0][1] == 1.0
     assert "trajectory/mastery_correlation" not in sink.metrics
+
+
+def test_early_stopping_after_patience_epochs_without_a_val_auc_gain(tiny_params):
+    sink = MemorySink()
+    results = train_model({**tiny_params, "epochs": 5, "patience": 1, "learning_rate": 1e-12}, sink)
+    assert results["stopped_early"] and results["last_epoch"] == 2 and results["best_epoch"] == 1
+    assert [s for s, _ in sink.metrics["val/auc"]] == [1, 2]
+
+
+def test_batch_metrics_are_logged_every_monitor_freq_batches(tiny_params):
+    sink = MemorySink()
+    train_model({**tiny_params, "monitor_freq": 2}, sink)
+    steps = [s for s, _ in sink.metrics["batch/loss"]]
+    assert steps and all(s % 2 == 0 for s in steps) and steps == sorted(steps)
+    quiet = MemorySink()
+    train_model({**tiny_params, "monitor_freq": 0}, quiet)
+    assert "batch/loss" not in quiet.metrics
+
+
+def test_bf16_autocast_trains_with_finite_losses(tiny_params):
+    sink = MemorySink()
+    train_model({**tiny_params, "use_amp": True, "epochs": 1}, sink)
+    assert math.isfinite(sink.metrics["train/loss"][0][1]) and 0 <= sink.metrics["val/auc"][0][1] <= 1
