@@ -20,9 +20,9 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/gakt-data synth --out data/synthetic --students 1000 --skills 20 --seed 7
 	$(BIN)/gakt-launch --short_title quickstart --profile quickstart
-	$(BIN)/gakt-eval $$($(BIN)/gakt-runs --latest-id)
-	$(BIN)/gakt-repro --eval $$($(BIN)/gakt-runs --latest-id)
-	$(BIN)/gakt-compare $$($(BIN)/gakt-runs --latest-id)
+	$(BIN)/gakt-eval $$($(BIN)/gakt-runs --latest_id)
+	$(BIN)/gakt-repro --eval $$($(BIN)/gakt-runs --latest_id)
+	$(BIN)/gakt-compare $$($(BIN)/gakt-runs --latest_id)
 	@echo "Open the MLflow UI on this store: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port 5000"
 
 # Every test: the fast tier, then the slow tier (real data, real mlflow server, real `mlflow run`).

@@ -175,7 +175,7 @@ def eval_cmd(run: str, max_correlation_students, batch_size, device) -> None:
 @click.option("--older_than", type=click.FloatRange(min=0), default=None, metavar="MINUTES",
               help="With --stale: also count RUNNING runs silent for this many minutes (other hosts).")
 @click.option("--mark", is_flag=True, help="With --stale: mark them KILLED (outcome 'stale').")
-@click.option("--latest-id", "latest_id", is_flag=True,
+@click.option("--latest_id", "latest_id", is_flag=True,
               help="Print only the 6-digit id of the newest training run (for scripts).")
 @_experiment_option
 @_errors
@@ -213,7 +213,12 @@ def runs_cmd(limit: int, stale: bool, older_than, mark: bool, latest_id: bool, e
 
 @main.group("data", context_settings=_CONTEXT)
 def data_group() -> None:
-    """Data sets: generate synthetic students, import the 3-line layout."""
+    """Data sets: generate synthetic students, import the 3-line layout.
+
+    \b
+    Example:
+      gakt-data synth --out data/synthetic --students 1000 --skills 20 --seed 7
+    """
 
 
 @data_group.command("synth", context_settings=_CONTEXT)

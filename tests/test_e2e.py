@@ -35,7 +35,7 @@ def store(tmp_path_factory):
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}",
            "GAKT_CACHE_DIR": str(tmp / "cache"), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     launch = gakt(env, "gakt-launch", "--short_title", "e2e", "--profile", "tiny", "--data_root", str(tmp))
-    exp_id = gakt(env, "gakt-runs", "--latest-id").stdout.strip()
+    exp_id = gakt(env, "gakt-runs", "--latest_id").stdout.strip()
     return {"tmp": tmp, "env": env, "exp_id": exp_id, "launch": launch}
 
 
@@ -103,7 +103,7 @@ def test_repro_of_a_tampered_config_is_refused_with_the_reason(store):
     env = store["env"]
     gakt(env, "gakt-launch", "--short_title", "tamper", "--profile", "tiny", "--epochs", "1",
          "--data_root", str(store["tmp"]))
-    exp_id = gakt(env, "gakt-runs", "--latest-id").stdout.strip()
+    exp_id = gakt(env, "gakt-runs", "--latest_id").stdout.strip()
     (run,) = _run(store, exp_id)
     artifact_dir = Path(run.info.artifact_uri.replace("file://", ""))
     config_path = artifact_dir / "config.json"
@@ -120,7 +120,7 @@ def test_compare_with_a_changed_parameter_exits_1_and_names_the_metrics(store):
     env = store["env"]
     gakt(env, "gakt-launch", "--short_title", "seed7", "--profile", "tiny", "--seed", "7",
          "--data_root", str(store["tmp"]))
-    other = gakt(env, "gakt-runs", "--latest-id").stdout.strip()
+    other = gakt(env, "gakt-runs", "--latest_id").stdout.strip()
     (other_run,) = _run(store, other)
     (original,) = _run(store)
     compared = gakt(env, "gakt-compare", original.info.run_id, "--repro", other_run.info.run_id, check=False)

@@ -160,7 +160,7 @@ def served(server, synthetic_root, tmp_path_factory):
     """One tiny run launched through the server (2 epochs), and how to reach it."""
     env = client_env(server, cache_dir=tmp_path_factory.mktemp("served-cache"))
     gakt(env, *launch_args("served", synthetic_root))
-    exp_id = gakt(env, "gakt-runs", "--latest-id").stdout.strip()
+    exp_id = gakt(env, "gakt-runs", "--latest_id").stdout.strip()
     return {"env": env, "exp_id": exp_id, "client": _client(server.url), "server": server}
 
 
