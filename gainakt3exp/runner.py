@@ -121,8 +121,8 @@ def _raise_interrupted(signum, _frame):
 def _finish(sink, outcome: str, reason: str) -> None:
     try:
         sink.set_tags({tracking.TAG_OUTCOME: outcome, "gakt.outcome_reason": reason[:500]})
-    except Exception:  # noqa: BLE001 - the store may be what failed; the status below still tries
-        pass
+    except Exception as exc:  # noqa: BLE001 - the store may be what failed; the status below still tries
+        click.echo(f"warning: could not tag the run's outcome '{outcome}' ({exc})", err=True)
 
 
 def _record_run(client, run_id: str, resolved, data) -> None:

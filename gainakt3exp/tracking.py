@@ -14,7 +14,6 @@ import fcntl
 import json
 import os
 import re
-import shutil
 import tempfile
 import urllib.error
 import urllib.parse
@@ -352,6 +351,3 @@ def _short(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:300] if text else type(exc).__name__
 
-
-def copy_tree(src: Path, dst: Path) -> None:
-    shutil.copytree(src, dst, dirs_exist_ok=True)

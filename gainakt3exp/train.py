@@ -8,13 +8,11 @@ and never imports mlflow. `main` wires it to the MLflow run that `mlflow run` cr
 """
 from __future__ import annotations
 
-import copy
 import csv
 import io
 import math
 import os
 import random
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -311,13 +309,6 @@ def _num(value) -> float:
 
 
 # --- entry point -------------------------------------------------------------------------------------------------
-
-
-def _install_signal_handlers() -> None:
-    def handler(signum, _frame):
-        raise Interrupted(f"received {signal.Signals(signum).name}")
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 def main(argv=None) -> None:
