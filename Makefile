@@ -27,11 +27,11 @@ demo: setup
 
 # Every test: the fast tier, then the slow tier (real data, real mlflow server, real `mlflow run`).
 test: setup
-	$(BIN)/python -m pytest -q -m "not slow"
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m "not slow" --durations=5
+	$(BIN)/python -m pytest -q -m slow --durations=15
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" --durations=5
 
 bench: setup
 	$(BIN)/python benchmarks/train_throughput.py

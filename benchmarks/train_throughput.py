@@ -1,0 +1,117 @@
+"""Training throughput in real (unpadded) interactions per second: forward + backward + optimizer step.
+
+    .venv/bin/python benchmarks/train_throughput.py                          # full objective, one full epoch
+    .venv/bin/python benchmarks/train_throughput.py --profile pure-bce       # every interpretability option off
+    .venv/bin/python benchmarks/train_throughput.py --batches 30             # the epoch's first 30 batches
+    .venv/bin/python benchmarks/train_throughput.py --override use_amp=true  # bf16 autocast
+    .venv/bin/python benchmarks/train_throughput.py --batches 20 --torch_profile 10   # + where the time goes
+
+What is timed is gainakt3exp.train._train_epoch itself, the loop train_model runs: autocast, forward, objective,
+zero_grad, backward, gradient clipping, optimizer step, the per-batch AUC bookkeeping and the batch-level sink
+logging (an in-memory sink here; benchmarks/epoch_overhead.py times MLflow). Parameters: the defaults, then
+--profile, then the benchmark base (d_model 256, 1 block), --data_root and --override; all of them are in the JSON.
+The objective is put in the schedule of its first epoch with every term in force (--objective_state all-on; lag,
+retention and adaptive alignment active) or of epoch 1 (first-epoch). A warm-up over the epoch's last
+--warmup_batches batches runs first. Real interactions = sum of batch.mask; the line also reports the padding
+the length-bucketed batches compute and what bucketing saved. Prints one JSON line (two with --torch_profile).
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+from common import (OBJECTIVE_STATES, Timer, add_options, build_training, emit, epoch_batches, no_progress,
+                    objective_facts, padding_stats, peak_rss_kib, run, set_objective_state, setup, subset)
+from gainakt3exp.tracking import MemorySink
+from gainakt3exp.train import _train_epoch
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_options(parser)
+    parser.add_argument("--batches", type=int, default=0,
+                        help="measure over the first N batches of the epoch (0 = the full epoch)")
+    parser.add_argument("--warmup_batches", type=int, default=3,
+                        help="the epoch's last N batches, run before timing")
+    parser.add_argument("--objective_state", choices=OBJECTIVE_STATES, default="all-on",
+                        help="all-on: every term in force (lag, retention, adaptive alignment); first-epoch: epoch 1")
+    parser.add_argument("--torch_profile", type=int, default=0, metavar="N",
+                        help="afterwards, run the epoch's last N batches under torch.profiler; "
+                             "a second JSON line lists the top operators by self CPU time")
+    parser.add_argument("--top_ops", type=int, default=25, help="operators listed by --torch_profile")
+    return parser.parse_args(argv)
+
+
+def run_epoch(tr, params, seqs, seed):
+    """One _train_epoch over seqs with the epoch order of a generator seeded with `seed`."""
+    generator = torch.Generator().manual_seed(seed)
+    sink = MemorySink()
+    stats, steps = _train_epoch(tr.model, tr.objective, tr.optimizer, seqs, params, tr.device, generator, sink, 0,
+                                no_progress)
+    return stats, steps, sink
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    bench = setup(args)
+    p = bench.params
+    tr = build_training(p)
+    train = tr.data.train
+    epoch = set_objective_state(tr.objective, p, args.objective_state)
+    rss_ready = peak_rss_kib()
+
+    batches = epoch_batches(train, p["batch_size"], p["seed"])  # epoch 1's batches (train_model's first epoch)
+    with Timer() as warm_t:
+        if args.warmup_batches > 0:
+            run_epoch(tr, p, subset(train, np.concatenate(batches[-args.warmup_batches:])), p["seed"] + 1)
+
+    seqs = subset(train, np.concatenate(batches[:args.batches] if args.batches > 0 else batches))
+    padding = padding_stats(seqs, p["batch_size"], p["seed"])
+    with Timer() as t:
+        stats, n_batches, _ = run_epoch(tr, p, seqs, p["seed"])
+    n = stats["interactions"]
+    assert n == padding["real_interactions"], (n, padding["real_interactions"])
+    results = {
+        "interactions": n,
+        "interactions_per_second": n / t.wall,
+        "interactions_per_cpu_second": n / t.cpu,
+        **t.as_dict(),
+        "batches": n_batches,
+        "rows": len(seqs),
+        "full_epoch": len(seqs) == len(train),
+        "ms_per_batch": 1000 * t.wall / max(n_batches, 1),
+        "cells_per_second": padding["computed_cells"] / t.wall,
+        "padding": padding,
+        "warmup_batches": args.warmup_batches,
+        "warmup_seconds": warm_t.wall,
+        "train_loss": stats["means"]["total"],
+        "train_bce": stats["means"]["bce"],
+        "train_auc": stats["auc"],
+        "data_load_seconds": tr.load_seconds,
+        "peak_rss_kib_before_training": rss_ready,
+        "peak_rss_kib": peak_rss_kib(),
+        "peak_rss_mib": peak_rss_kib() / 1024,
+    }
+    extra = {"runtime": tr.runtime, "objective_epoch": epoch, "objective": objective_facts(tr.objective)}
+    emit("train_throughput", bench, results, extra)
+
+    if args.torch_profile > 0:
+        from torch.profiler import ProfilerActivity, profile
+
+        prof_seqs = subset(train, np.concatenate(batches[-args.torch_profile:]))
+        with profile(activities=[ProfilerActivity.CPU]) as prof, Timer() as pt:
+            stats, n_batches, _ = run_epoch(tr, p, prof_seqs, p["seed"] + 2)
+        events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+        total = sum(e.self_cpu_time_total for e in events) or 1
+        top = [{"op": e.key, "self_cpu_ms": e.self_cpu_time_total / 1000, "share": e.self_cpu_time_total / total,
+                "calls": e.count} for e in events[:args.top_ops]]
+        emit("train_step_profile", bench, {"batches": n_batches, "interactions": stats["interactions"],
+                                           **pt.as_dict(), "profiler_self_cpu_ms": total / 1000, "top_ops": top},
+             extra)
+
+
+if __name__ == "__main__":
+    run(main)
