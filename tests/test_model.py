@@ -158,3 +158,15 @@ def test_golden_first_forward_and_loss_of_a_tiny_seeded_model():
 
 
 GOLDEN = {"logits_sum": -2.043499, "bce": 0.709672, "total": 0.846043}
+
+
+def test_dropout_keeps_the_expected_fraction_and_scales_the_rest():
+    from gainakt3exp.model import _Dropout
+
+    torch.manual_seed(0)
+    drop = _Dropout(0.2).train()
+    y = drop(torch.ones(200_000))
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.8) < 0.005
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.8))
+    assert torch.equal(drop.eval()(torch.ones(5)), torch.ones(5))
