@@ -80,7 +80,7 @@ def main() -> None:
     """
 
 
-@main.command("launch", context_settings=_CONTEXT)
+@main.command("launch", context_settings={**_CONTEXT, "ignore_unknown_options": True, "allow_extra_args": True})
 @click.option("--short_title", required=True, help="A short name for the run (letters, digits, _ - .).")
 @click.option("--profile", "profiles", multiple=True, metavar="NAME",
               help=f"Named override set from configs/profiles (repeatable, applied in order): {', '.join(list_profiles())}.")
@@ -88,7 +88,8 @@ def main() -> None:
 @_experiment_option
 @_param_options
 @_errors
-def launch_cmd(short_title, profiles, dry_run, experiment, **values) -> None:
+@click.pass_context
+def launch_cmd(ctx, short_title, profiles, dry_run, experiment, **values) -> None:
     """Start a tracked training run: defaults, then --profile, then --<param> VALUE; validated; then `mlflow run`.
 
     \b
@@ -99,7 +100,27 @@ def launch_cmd(short_title, profiles, dry_run, experiment, **values) -> None:
     from .experiment import launch
 
     overrides = {k: v for k, v in values.items() if v is not None}
+    overrides.update(_extra_pairs(ctx.args))  # unknown --keys: reported with every other parameter problem
     sys.exit(launch(overrides, list(profiles), short_title, experiment, dry_run, echo=click.echo))
+
+
+def _extra_pairs(args: list[str]) -> dict:
+    """`--key value` / `--key=value` pairs click did not know, handed to validation so all problems show at once."""
+    pairs, i = {}, 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or len(arg) < 3:
+            raise click.UsageError(f"unexpected argument {arg!r}; parameters are given as --<name> VALUE")
+        if "=" in arg:
+            key, value = arg[2:].split("=", 1)
+            i += 1
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            key, value = arg[2:], args[i + 1]
+            i += 2
+        else:
+            raise click.UsageError(f"{arg} needs a value: {arg} VALUE")
+        pairs[key] = value
+    return pairs
 
 
 @main.command("repro", context_settings=_CONTEXT)

@@ -172,7 +172,7 @@ def resolve_params(
     params = dict(defaults.values)
     for key, raw in merged.items():
         if key not in defaults.values:
-            close = difflib.get_close_matches(key, defaults.values, n=1)
+            close = difflib.get_close_matches(key, list(defaults.values), n=1, cutoff=0.5)
             hint = f"; did you mean '{close[0]}'?" if close else "; see configs/parameters.csv for the list"
             problems.append(f"unknown parameter '{key}'{hint}")
             continue

@@ -77,10 +77,11 @@ def _launch(data_root: Path, *extra: str):
 # --- parameters ---------------------------------------------------------------------------------------------------
 
 
-def test_unknown_option_is_refused_by_click(synthetic_root, store_dir):
-    result = _launch(synthetic_root, "--foo", "1")
+def test_unknown_option_is_refused_with_every_other_problem(synthetic_root, store_dir):
+    result = _launch(synthetic_root, "--foo", "1", "--epochs", "abc")
     assert result.exit_code == 2
-    assert "No such option '--foo'" in result.output
+    assert "unknown parameter 'foo'; did you mean 'fold'?" in result.output
+    assert "epochs='abc': expected an integer" in result.output
     assert not store_dir.exists()
 
 
