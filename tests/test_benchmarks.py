@@ -1,0 +1,38 @@
+"""The benchmark scripts still run and print one JSON line per measurement (smoke test on tiny synthetic data).
+
+Timing claims live in benchmarks/ and the README; this test only keeps the scripts from rotting.
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(script, *args):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True,
+                          text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+def test_train_throughput_reports_interactions_per_second(synthetic_root):
+    (line,) = _run("train_throughput.py", "--profile", "tiny", "--data_root", str(synthetic_root), "--batches", "2",
+                   "--warmup_batches", "1")
+    assert line["results"]["interactions_per_second"] > 0 and line["results"]["peak_rss_kib"] > 0
+
+
+def test_eval_correlations_reports_one_line_per_student_count(synthetic_root):
+    lines = _run("eval_correlations.py", "--profile", "tiny", "--data_root", str(synthetic_root),
+                 "--students", "10", "all")
+    assert [line["results"]["students_requested"] for line in lines] == ["10", "all"]
+    assert all(line["results"]["seconds"] > 0 for line in lines)
+
+
+def test_epoch_overhead_reports_the_share_of_logging(synthetic_root, tmp_path):
+    (line,) = _run("epoch_overhead.py", "--profile", "tiny", "--data_root", str(synthetic_root), "--batches", "2")
+    assert 0 <= line["results"]["percent_of_epoch"]["overhead"] < 100
