@@ -24,12 +24,9 @@ WAIT_SECONDS = 600  # generous: the CPU is shared with other jobs
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    from gainakt3exp.synthetic import generate_synthetic
-
-    root = tmp_path_factory.mktemp("failures-data")
-    generate_synthetic(root / "synthetic", students=120, skills=20, seed=3, maxlen=200)
-    return root
+def data_root(synthetic_root) -> Path:
+    """The shared small synthetic data set (tests/conftest.py)."""
+    return synthetic_root
 
 
 @pytest.fixture
