@@ -170,3 +170,20 @@ def test_dropout_keeps_the_expected_fraction_and_scales_the_rest():
     assert abs(kept.float().mean().item() - 0.8) < 0.005
     assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.8))
     assert torch.equal(drop.eval()(torch.ones(5)), torch.ones(5))
+
+
+def test_split_prediction_head_equals_the_linear_on_the_concatenation():
+    """_predict computes Linear(3D, d_ff) on [h, v, concept_emb(q)] with the concept part as a lookup table."""
+    torch.manual_seed(0)
+    model = _model()
+    c, r, q = _inputs(seed=5)
+    h = torch.randn(B, L, 16, requires_grad=True)
+    v = torch.randn(B, L, 16, requires_grad=True)
+    got = model._predict(h, v, q)
+    reference = model.prediction_head(torch.cat([h, v, model.concept_emb(q)], dim=-1)).squeeze(-1)
+    assert torch.allclose(got, reference, atol=1e-6)
+    grads = torch.autograd.grad(got.sum(), [h, v, model.concept_emb.weight, model.prediction_head[0].weight])
+    ref_grads = torch.autograd.grad(reference.sum(), [h, v, model.concept_emb.weight,
+                                                      model.prediction_head[0].weight])
+    for g, ref in zip(grads, ref_grads):
+        assert torch.allclose(g, ref, atol=1e-6)
