@@ -44,21 +44,31 @@ class ModelOutput(NamedTuple):
 
 
 class _Dropout(nn.Module):
-    """Inverted dropout, x * (u >= p) / (1 - p) with u ~ U[0, 1).
+    """Inverted dropout with 16-bit random draws: x * keep / (1 - p16), keep = (u16 >= p16), u16 ~ U{0..65535}/65536.
 
-    The same distribution as nn.Dropout, drawn with uniform_ instead of bernoulli_: on CPU PyTorch draws
-    bernoulli_ element by element on one core, which cost ~18% of a training step (benchmarks/README).
+    p is rounded to a multiple of 2^-16 (p16 = round(p * 65536) / 65536; 0.2 -> 0.1999969) and the kept values
+    are scaled by 1 / (1 - p16), so E[output] = x exactly. Four 16-bit draws come from one 64-bit draw of the
+    torch generator: on CPU, nn.Dropout's bernoulli_ runs on one core and a float uniform_ per element costs 3x
+    more; dropout sampling was ~17% of a training step (benchmarks/train_throughput.py --torch_profile).
     """
+
+    LEVELS = 1 << 16
 
     def __init__(self, p: float):
         super().__init__()
         self.p = float(p)
+        # Dropped count out of 65536 levels; at most 65535 so the scale stays finite.
+        self.dropped_levels = min(round(self.p * self.LEVELS), self.LEVELS - 1)
+        self.threshold = self.dropped_levels - self.LEVELS // 2  # u16 as int16 in [-32768, 32767]
+        self.scale = self.LEVELS / (self.LEVELS - self.dropped_levels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
+        if not self.training or self.dropped_levels == 0:
             return x
-        keep = torch.empty_like(x).uniform_() >= self.p
-        return x * keep * (1.0 / (1.0 - self.p))
+        n = x.numel()
+        words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(1 << 63), None)  # 64 random bits
+        u16 = words.view(torch.int16)[:n].view(x.shape)
+        return x * (u16 >= self.threshold) * self.scale
 
 
 class _EncoderBlock(nn.Module):

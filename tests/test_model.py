@@ -165,11 +165,28 @@ def test_dropout_keeps_the_expected_fraction_and_scales_the_rest():
 
     torch.manual_seed(0)
     drop = _Dropout(0.2).train()
-    y = drop(torch.ones(200_000))
+    y = drop(torch.ones(400_000))
     kept = y != 0
-    assert abs(kept.float().mean().item() - 0.8) < 0.005
-    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.8))
+    # p is rounded to 16 bits: 13107 of 65536 levels dropped; the kept values are scaled so E[y] = x exactly.
+    assert drop.dropped_levels == 13107
+    assert torch.equal(y[kept], torch.full_like(y[kept], 65536 / (65536 - 13107)))
+    assert abs(kept.float().mean().item() - 0.8) < 0.003
+    # Each of the four 16-bit lanes of a 64-bit draw keeps 80%: no lane is biased.
+    lanes = kept.view(-1, 4).float().mean(dim=0)
+    assert torch.all((lanes - 0.8).abs() < 0.006), lanes
     assert torch.equal(drop.eval()(torch.ones(5)), torch.ones(5))
+
+
+def test_dropout_edges_zero_odd_sizes_and_near_one():
+    from gainakt3exp.model import _Dropout
+
+    x = torch.randn(3, 7)  # 21 elements: not a multiple of four
+    assert torch.equal(_Dropout(0.0).train()(x), x)
+    torch.manual_seed(1)
+    y = _Dropout(0.5).train()(x)
+    assert y.shape == x.shape and torch.equal(y[y != 0], 2 * x[y != 0])
+    near_one = _Dropout(0.999999).train()
+    assert near_one.dropped_levels == 65535 and torch.isfinite(near_one(torch.ones(1000))).all()
 
 
 def test_split_prediction_head_equals_the_linear_on_the_concatenation():
