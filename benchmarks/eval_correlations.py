@@ -5,9 +5,10 @@
     .venv/bin/python benchmarks/eval_correlations.py --checkpoint mlruns/.../model_best.pth
 
 For each n, gainakt3exp.metrics.semantic_metrics(model, split, n, batch_size, device), which evaluate.py runs with
-n = max_correlation_students, is timed end to end, and then its two halves separately: collect_outputs (the model
-pass over the first n rows, reduced per batch) and semantic_from_outputs (the correlations, variances and violation
-rates from those outputs, no model). The model is the parameters' architecture with seeded random weights, or a
+n = max_correlation_students, is timed end to end, and then its two halves separately: collect_outputs(...,
+logits=False) (the model pass over the first n rows without the prediction head, reduced per batch) and
+semantic_from_outputs (the correlations, variances and violation rates from those outputs, no model). For
+comparison, full_pass_seconds times a pass that also computes the logits (what a validation epoch runs). The model is the parameters' architecture with seeded random weights, or a
 trained model_best.pth given by --checkpoint; the cost does not depend on the weights. One warm-up call (first
 --warmup_students rows) runs before the first timing. Prints one JSON line per n.
 """
@@ -63,7 +64,9 @@ def main(argv=None) -> None:
         with Timer() as total:
             res = metrics.semantic_metrics(model, seqs, n, batch_size, device)
         with Timer() as collect:
-            out = metrics.collect_outputs(model, seqs, rows, batch_size, device)
+            out = metrics.collect_outputs(model, seqs, rows, batch_size, device, logits=False)
+        with Timer() as full:
+            metrics.collect_outputs(model, seqs, rows, batch_size, device)
         with Timer() as corr:
             again = metrics.semantic_from_outputs(out)
         assert again.keys() == res.keys()
@@ -74,6 +77,7 @@ def main(argv=None) -> None:
             **total.as_dict(),
             "collect_outputs_seconds": collect.wall, "collect_outputs_cpu_seconds": collect.cpu,
             "correlations_seconds": corr.wall, "correlations_cpu_seconds": corr.cpu,
+            "full_pass_seconds": full.wall,
             "correlation_students": res["correlation_students"],
             "mastery_correlation": res["mastery_correlation"],
             "gain_correlation": res["gain_correlation"],

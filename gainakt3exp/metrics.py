@@ -177,13 +177,17 @@ def _pad(t: torch.Tensor, width: int, value: float) -> torch.Tensor:
     return F.pad(t, (0, width - t.shape[1]), value=value)
 
 
-_OPTIONAL = ("mastery_mean", "gain_mean", "target_mastery", "current_mastery", "truth", "mastery_row_mean",
+_OPTIONAL = ("logits", "mastery_mean", "gain_mean", "target_mastery", "current_mastery", "truth", "mastery_row_mean",
              "mastery_row_m2")
 
 
 def collect_outputs(model: torch.nn.Module, seqs: Any, rows: np.ndarray, batch_size: int,
-                    device: Any) -> dict:
+                    device: Any, *, logits: bool = True, interpretation: bool = True) -> dict:
     """Run `model` (eval mode, no_grad; its mode is restored afterwards) over `rows` of `seqs`.
+
+    logits=False / interpretation=False: a pass for the interpretability / prediction metrics only; the
+    model then skips the prediction / mastery and gain heads (GainAKT3Exp.forward) and the keys they feed
+    are None.
 
     Rows are batched in order of length (`data.make_batch` of batch_size rows of similar length, each trimmed
     to its longest row); each batch is reduced at once, so memory is O(R x (L + C)), never (R, L, C).
@@ -211,9 +215,10 @@ def collect_outputs(model: torch.nn.Module, seqs: Any, rows: np.ndarray, batch_s
         with torch.no_grad():
             for start in range(0, rows.size, batch_size):
                 b = data.make_batch(seqs, rows[order[start:start + batch_size]], device)
-                o = model(b.c, b.r, b.q)
-                keep = {"rows": b.rows, "mask": b.mask, "score": b.score, "y": b.y.float(),
-                        "logits": o.logits.float()}
+                o = model(b.c, b.r, b.q, logits=logits, interpretation=interpretation)
+                keep = {"rows": b.rows, "mask": b.mask, "score": b.score, "y": b.y.float()}
+                if o.logits is not None:
+                    keep["logits"] = o.logits.float()
                 if b.truth is not None:
                     keep["truth"] = b.truth.float()
                 m = None if o.mastery is None else o.mastery.float()  # (B, L, C)
@@ -342,7 +347,7 @@ def prediction_metrics(model: torch.nn.Module, seqs: Any, batch_size: int, devic
                        use_score_mask: bool) -> dict:
     """{loss, auc, accuracy, n} over all rows of seqs; see prediction_from_outputs."""
     rows = np.arange(len(seqs.lengths))
-    return prediction_from_outputs(collect_outputs(model, seqs, rows, batch_size, device),
+    return prediction_from_outputs(collect_outputs(model, seqs, rows, batch_size, device, interpretation=False),
                                    use_score_mask=use_score_mask)
 
 
@@ -370,7 +375,7 @@ def semantic_metrics(model: torch.nn.Module, seqs: Any, n_students: int, batch_s
     negative_gain_violation_rate None), when there is no truth, or when no row has a defined correlation.
     """
     rows = np.arange(min(_check_students(n_students), len(seqs.lengths)))
-    out = collect_outputs(model, seqs, rows, batch_size, device)
+    out = collect_outputs(model, seqs, rows, batch_size, device, logits=False)
     return semantic_from_outputs(out)
 
 
@@ -405,7 +410,7 @@ def global_alignment_metrics(model: torch.nn.Module, seqs: Any, n_students: int,
     global_alignment_gain_corr = corr(G_t, y_t) (None when the head is off or undefined), and
     global_alignment_students = rows used."""
     rows = stratified_rows(np.asarray(seqs.lengths), _check_students(n_students))
-    return global_alignment_from_outputs(collect_outputs(model, seqs, rows, batch_size, device))
+    return global_alignment_from_outputs(collect_outputs(model, seqs, rows, batch_size, device, logits=False))
 
 
 # ------------------------------------------------------------------------------- trajectory, MLflow

@@ -38,7 +38,7 @@ SUPPORTED_EMB_TYPES = ("qid",)
 class ModelOutput(NamedTuple):
     """What the forward returns; heads that are switched off give None."""
 
-    logits: torch.Tensor  # z_t, logit of r_{t+1} (B, L)
+    logits: Optional[torch.Tensor]  # z_t, logit of r_{t+1} (B, L); None when not asked for
     mastery: Optional[torch.Tensor]  # m_t per skill in [0, 1] (B, L, C)
     gains: Optional[torch.Tensor]  # g_t per skill, >= 0 (B, L, C)
 
@@ -93,7 +93,10 @@ class _EncoderBlock(nn.Module):
         b, l, d = x.shape
         return x.view(b, l, self.n_heads, d // self.n_heads).transpose(1, 2)  # (B, h, L, D/h)
 
-    def forward(self, h: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, h: torch.Tensor, v: torch.Tensor,
+                h_steps: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """h_steps: compute the new H for the first h_steps steps only (None = all); V is always complete.
+        Only H's FFN is skipped: H's first steps do not depend on later ones, V does not depend on the FFN."""
         b, l, d = h.shape
         attn = F.scaled_dot_product_attention(
             self._split_heads(self.q_proj(h)),
@@ -102,7 +105,11 @@ class _EncoderBlock(nn.Module):
             is_causal=True,
         )  # (B, h, L, D/h)
         out = self.dropout(self.out_proj(attn.transpose(1, 2).reshape(b, l, d)))  # (B, L, D)
-        h1 = self.ln_context(h + out)
+        if h_steps is not None:
+            h, out_h = h[:, :h_steps], out[:, :h_steps]
+        else:
+            out_h = out
+        h1 = self.ln_context(h + out_h)
         v_new = self.ln_value(v + out)
         h_new = self.ln_ffn(h1 + self.ffn(h1))
         return h_new, v_new
@@ -158,8 +165,15 @@ class GainAKT3Exp(nn.Module):
             )
         return cls(num_c=num_c, **{k: params[k] for k in MODEL_PARAM_KEYS})
 
-    def forward(self, c: torch.Tensor, r: torch.Tensor, q: torch.Tensor) -> ModelOutput:
-        """c, r, q: (B, L) long (current concept, current response, next concept; padding already 0)."""
+    def forward(self, c: torch.Tensor, r: torch.Tensor, q: torch.Tensor, *, logits: bool = True,
+                interpretation: bool = True) -> ModelOutput:
+        """c, r, q: (B, L) long (current concept, current response, next concept; padding already 0).
+
+        logits=False / interpretation=False leave out the prediction / the mastery and gain heads (their
+        fields are None) and whatever only they need: without logits, the last block's FFN runs for the steps
+        the mastery head reads (step 0 with the gain head, none without the mastery head). Evaluation passes
+        that need only one kind of output use them; the outputs that are computed are the same.
+        """
         assert c.shape == r.shape == q.shape and c.dim() == 2, (c.shape, r.shape, q.shape)
         l = c.shape[1]
         if l > self.seq_len:
@@ -170,25 +184,30 @@ class GainAKT3Exp(nn.Module):
         pos = self.pos_emb.weight[:l]  # (L, D)
         h = self.context_emb(x) + pos  # context stream (B, L, D)
         v = self.value_emb(x) + pos  # value stream (B, L, D)
-        for block in self.blocks:
-            h, v = block(h, v)
+        gain_head = self.gain_head if interpretation else None
+        mastery_head = self.mastery_head if interpretation else None
+        last_h_steps = None  # steps of the last block's H that anything reads
+        if not logits:
+            last_h_steps = 0 if mastery_head is None else (1 if gain_head is not None else None)
+        for i, block in enumerate(self.blocks):
+            h, v = block(h, v, last_h_steps if i == len(self.blocks) - 1 else None)
 
-        logits = self._predict(h, v, q)  # z (B, L)
+        z = self._predict(h, v, q) if logits else None  # z (B, L)
 
         gains = None
-        if self.gain_head is not None:
-            gains = F.relu(self.gain_head(v)).float()  # g (B, L, C)
+        if gain_head is not None:
+            gains = F.relu(gain_head(v)).float()  # g (B, L, C)
 
         mastery = None
-        if self.mastery_head is not None:
+        if mastery_head is not None:
             if gains is not None:
-                m0 = torch.sigmoid(self.mastery_head(h[:, :1]).float())  # m_0 (B, 1, C)
+                m0 = torch.sigmoid(mastery_head(h[:, :1]).float())  # m_0 (B, 1, C)
                 g_from_1 = torch.cat([torch.zeros_like(gains[:, :1]), gains[:, 1:]], dim=1)
                 # m_t = min(1, m_0 + scale * sum_{1<=tau<=t} g_tau)
                 mastery = torch.clamp(m0 + self.mastery_gain_scale * g_from_1.cumsum(dim=1), max=1.0)
             else:
-                mastery = torch.sigmoid(self.mastery_head(h).float())  # (B, L, C)
-        return ModelOutput(logits=logits, mastery=mastery, gains=gains)
+                mastery = torch.sigmoid(mastery_head(h).float())  # (B, L, C)
+        return ModelOutput(logits=z, mastery=mastery, gains=gains)
 
 
     def _predict(self, h: torch.Tensor, v: torch.Tensor, q: torch.Tensor) -> torch.Tensor:

@@ -47,13 +47,13 @@ class StandIn(torch.nn.Module):
         self.mastery, self.gains = mastery, gains
         self.seen = []  # (training, grad enabled) at each forward
 
-    def forward(self, c, r, q):
+    def forward(self, c, r, q, *, logits=True, interpretation=True):
         self.seen.append((self.training, torch.is_grad_enabled()))
         y = (q % 2).float()[..., None]
         k = torch.arange(C, dtype=torch.float)
-        m = 0.5 * y + 0.1 * k / C if self.mastery else None
-        g = (1 - y) * (k + 1) / C if self.gains else None
-        return Out(((q % 3) - 1).float(), m, g)
+        m = 0.5 * y + 0.1 * k / C if self.mastery and interpretation else None
+        g = (1 - y) * (k + 1) / C if self.gains and interpretation else None
+        return Out(((q % 3) - 1).float() if logits else None, m, g)
 
 
 def _seqs(n=23, width=12, seed=0, truth=True):
@@ -224,6 +224,30 @@ def test_one_pass_then_select_rows_equals_a_pass_over_those_rows(local_batches):
     assert glob == pytest.approx(metrics.global_alignment_metrics(StandIn(), seqs, 10, 4, "cpu"))
     assert metrics.prediction_from_outputs(out, use_score_mask=True) == pytest.approx(
         metrics.prediction_metrics(StandIn(), seqs, 30, "cpu", use_score_mask=True))
+
+
+def test_partial_passes_of_the_real_model_equal_one_full_pass():
+    """semantic/global metrics run the model without its prediction head, prediction metrics without the
+    mastery and gain heads (GainAKT3Exp.forward(logits=..., interpretation=...)): same numbers as a full pass."""
+    from gainakt3exp.model import GainAKT3Exp
+
+    ns = _seqs(n=40, seed=17)
+    seqs = data.Sequences(concepts=ns.concepts, responses=ns.responses, selectmasks=ns.selectmasks,
+                          uids=np.arange(40), lengths=ns.lengths, truth=ns.truth.astype(np.float32),
+                          source="memory", file_hash="0")
+    torch.manual_seed(0)
+    model = GainAKT3Exp(num_c=C, seq_len=12, d_model=16, n_heads=2, num_encoder_blocks=2, d_ff=24, dropout=0.1,
+                        emb_type="qid", use_mastery_head=True, use_gain_head=True, mastery_gain_scale=0.1)
+    out = metrics.collect_outputs(model, seqs, np.arange(40), 8, "cpu")
+    semantic = metrics.semantic_metrics(model, seqs, 25, 8, "cpu")
+    assert semantic["mastery_correlation"] is not None and semantic["gain_correlation"] is not None
+    assert semantic == pytest.approx(metrics.semantic_from_outputs(metrics.select_rows(out, np.arange(25))),
+                                     abs=1e-6)
+    strat = metrics.stratified_rows(seqs.lengths, 15)
+    assert metrics.global_alignment_metrics(model, seqs, 15, 8, "cpu") == pytest.approx(
+        metrics.global_alignment_from_outputs(metrics.select_rows(out, strat)), abs=1e-6)
+    assert metrics.prediction_metrics(model, seqs, 8, "cpu", use_score_mask=False) == pytest.approx(
+        metrics.prediction_from_outputs(out, use_score_mask=False), abs=1e-6)
 
 
 def test_real_make_batch_gives_the_same_metrics_as_the_local_builder(monkeypatch):

@@ -204,3 +204,25 @@ def test_split_prediction_head_equals_the_linear_on_the_concatenation():
                                                       model.prediction_head[0].weight])
     for g, ref in zip(grads, ref_grads):
         assert torch.allclose(g, ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("mastery_on,gains_on", [(True, True), (True, False), (False, True)])
+def test_partial_passes_give_the_same_outputs_and_skip_the_unneeded_work(mastery_on, gains_on):
+    """logits=False skips the prediction head and the last block's FFN beyond the steps the mastery head
+    reads; interpretation=False skips the mastery and gain heads. What is computed equals the full pass."""
+    torch.manual_seed(0)
+    model = _model(use_mastery_head=mastery_on, use_gain_head=gains_on)
+    c, r, q = _inputs(seed=7)
+    ffn_steps = []
+    model.blocks[-1].ffn.register_forward_hook(lambda mod, inp, outp: ffn_steps.append(inp[0].shape[1]))
+    with torch.no_grad():
+        full = model(c, r, q)
+        interp = model(c, r, q, logits=False)
+        pred = model(c, r, q, interpretation=False)
+    assert ffn_steps == [L, 1 if mastery_on and gains_on else L if mastery_on else 0, L]
+    assert interp.logits is None and pred.mastery is None and pred.gains is None
+    assert torch.allclose(pred.logits, full.logits, atol=1e-6)
+    for got, ref in ((interp.mastery, full.mastery), (interp.gains, full.gains)):
+        assert (got is None) == (ref is None)
+        if ref is not None:
+            assert torch.allclose(got, ref, atol=1e-6)
