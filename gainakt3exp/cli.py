@@ -281,7 +281,7 @@ def import_cmd(src: Path, prefix: str, fold: int, out: Path, num_c: int, maxlen:
       gakt-data import-3line --src ../shared/data/assist2015/akt --prefix assist2015 --fold 1 \\
           --out data/assist2015_akt --num_c 100 --maxlen 200 --min_seq_len 3
     """
-    from .data import import_three_line
+    from .layout import import_three_line
 
     summary = import_three_line(src, prefix, fold, out, num_c, maxlen, min_seq_len)
     click.echo(f"wrote {out}: {summary}")

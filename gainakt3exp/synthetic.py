@@ -26,8 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from gainakt3exp.data import (REQUIRED_COLUMNS, gather_windows, sliding_windows, split_windows,
-                              truth_file_name, window_selectmasks, write_sequence_csv, write_text_atomic)
+from gainakt3exp.data import REQUIRED_COLUMNS, truth_file_name
+from gainakt3exp.layout import (gather_windows, sliding_windows, split_windows, window_selectmasks,
+                                write_sequence_csv, write_text_atomic)
 from gainakt3exp.errors import ConfigError
 
 GUESS = 0.1

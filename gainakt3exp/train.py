@@ -26,17 +26,15 @@ from . import data as data_mod
 from .losses import Objective
 from .metrics import (
     collect_outputs,
-    epoch_metric_dict,
     global_alignment_from_outputs,
-    loss_shares,
     prediction_from_outputs,
     roc_auc,
     select_rows,
     semantic_from_outputs,
     stratified_rows,
-    trajectory_entry,
 )
 from .model import GainAKT3Exp
+from .trajectory import epoch_metric_dict, loss_shares, trajectory_entry
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from gainakt3exp import data
+from gainakt3exp import data, layout
 from gainakt3exp.errors import ConfigError, DataError
 
 HEADER = "fold,uid,concepts,responses,selectmasks"
@@ -293,7 +293,7 @@ def akt_dir(tmp_path):
 
 def test_importer_writes_pykt_layout_with_zero_based_ids(akt_dir, tmp_path):
     out = tmp_path / "out"
-    summary = data.import_three_line(akt_dir, "toy", 1, out, num_c=3, maxlen=4, min_seq_len=3)
+    summary = layout.import_three_line(akt_dir, "toy", 1, out, num_c=3, maxlen=4, min_seq_len=3)
     assert summary["source"]["train"] == {"file": "toy_train1.csv", "students": 3, "interactions": 14}
     assert summary["dropped"]["train"] == {"students": 1, "interactions": 3, "short_student_interactions": 2,
                                            "remainder_interactions": 1}
@@ -310,7 +310,7 @@ def test_importer_writes_pykt_layout_with_zero_based_ids(akt_dir, tmp_path):
 
 def test_importer_writes_pykt_sliding_test_windows(akt_dir, tmp_path):
     out = tmp_path / "out"
-    summary = data.import_three_line(akt_dir, "toy", 1, out, num_c=3, maxlen=4, min_seq_len=3)
+    summary = layout.import_three_line(akt_dir, "toy", 1, out, num_c=3, maxlen=4, min_seq_len=3)
     win = data.read_sequences(out / "test_window_sequences.csv", 3, 4)
     np.testing.assert_array_equal(win.concepts, [[1, 2, 2, 0], [2, 2, 0, 0], [2, 0, 0, 1]])
     np.testing.assert_array_equal(win.selectmasks, [[1, 1, 1, 1], [0, 0, 0, 1], [0, 0, 0, 1]])
@@ -334,7 +334,7 @@ def test_malformed_three_line_file_names_file_and_line(tmp_path, content, line, 
         (tmp_path / f"toy_{split}1.csv").write_text("0,1\n1,2\n1,0\n")
     (tmp_path / "toy_valid1.csv").write_text(content)
     with pytest.raises(DataError) as e:
-        data.import_three_line(tmp_path, "toy", 1, tmp_path / "out", num_c=3, maxlen=4, min_seq_len=1)
+        layout.import_three_line(tmp_path, "toy", 1, tmp_path / "out", num_c=3, maxlen=4, min_seq_len=1)
     msg = str(e.value)
     assert "toy_valid1.csv" in msg and f"line {line}:" in msg and reason in msg, msg
 

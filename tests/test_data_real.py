@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gainakt3exp import data
+from gainakt3exp import data, layout
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ASSIST = SHARED / "assist2015"
@@ -60,22 +60,22 @@ def _unwindowed(name):
                                                      ("train_valid.csv", "train_valid_sequences.csv", False)])
 def test_windowing_reproduces_pykt_files_byte_for_byte(tmp_path, source, target, sliding):
     rows, lengths, flat = _unwindowed(source)
-    student, start, length = (data.sliding_windows(lengths, 200) if sliding
-                              else data.split_windows(lengths, 200, 3))
+    student, start, length = (layout.sliding_windows(lengths, 200) if sliding
+                              else layout.split_windows(lengths, 200, 3))
     offsets = np.cumsum(lengths) - lengths
-    lists = [data.gather_windows(flat[k], offsets, student, start, length, 200) for k in ("concepts", "responses")]
-    lists.append(data.window_selectmasks(start, length, 200, sliding))
+    lists = [layout.gather_windows(flat[k], offsets, student, start, length, 200) for k in ("concepts", "responses")]
+    lists.append(layout.window_selectmasks(start, length, 200, sliding))
     if "cidxs" in flat:
-        lists.append(data.gather_windows(flat["cidxs"], offsets, student, start, length, 200))
+        lists.append(layout.gather_windows(flat["cidxs"], offsets, student, start, length, 200))
     header = list(data.REQUIRED_COLUMNS) + (["cidxs"] if "cidxs" in flat else [])
     fold = np.array([int(r["fold"]) for r in rows])
     uid = np.array([int(r["uid"]) for r in rows])
-    data.write_sequence_csv(tmp_path / target, header, fold[student], uid[student], lists)
+    layout.write_sequence_csv(tmp_path / target, header, fold[student], uid[student], lists)
     assert (tmp_path / target).read_bytes() == (ASSIST / target).read_bytes()
 
 
 def test_importer_on_akt_fold1_accounts_for_every_student_and_interaction(tmp_path):
-    summary = data.import_three_line(ASSIST / "akt", "assist2015", 1, tmp_path, num_c=100, maxlen=200, min_seq_len=3)
+    summary = layout.import_three_line(ASSIST / "akt", "assist2015", 1, tmp_path, num_c=100, maxlen=200, min_seq_len=3)
     src, dropped, written = summary["source"], summary["dropped"], summary["written"]
     tv, test, window = (written[n] for n in ("train_valid_sequences.csv", "test_sequences.csv",
                                              "test_window_sequences.csv"))
@@ -89,7 +89,7 @@ def test_importer_on_akt_fold1_accounts_for_every_student_and_interaction(tmp_pa
     assert src["test"]["interactions"] == test["interactions"] + dropped["test"]["interactions"]
     assert window["interactions"] == src["test"]["interactions"] - dropped["test"]["short_student_interactions"]
     # with nothing dropped (min_seq_len 1) the files hold exactly what was read
-    nothing = data.import_three_line(ASSIST / "akt", "assist2015", 1, tmp_path / "all", num_c=100, maxlen=200,
+    nothing = layout.import_three_line(ASSIST / "akt", "assist2015", 1, tmp_path / "all", num_c=100, maxlen=200,
                                      min_seq_len=1)
     assert nothing["written"]["test_sequences.csv"]["interactions"] == nothing["source"]["test"]["interactions"]
     assert nothing["written"]["test_sequences.csv"]["students"] == nothing["source"]["test"]["students"]

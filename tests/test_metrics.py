@@ -16,7 +16,7 @@ import pytest
 import torch
 from scipy.stats import pearsonr
 
-from gainakt3exp import data, metrics
+from gainakt3exp import data, metrics, trajectory
 from gainakt3exp.data import Batch
 
 Out = namedtuple("Out", "logits mastery gains")
@@ -167,13 +167,13 @@ def test_stratified_rows_returns_all_rows_when_n_exceeds_them():
 
 
 def test_loss_shares_main_and_constraints_sum_to_one_and_rewards_stay_negative():
-    s = metrics.loss_shares({"bce": 0.6, "constraint_total": 0.3, "alignment": -0.02, "lag": -0.01,
+    s = trajectory.loss_shares({"bce": 0.6, "constraint_total": 0.3, "alignment": -0.02, "lag": -0.01,
                              "retention": 0.005})
     assert s["main"] + s["constraint_total"] == pytest.approx(1.0, abs=1e-12)
     assert s["main"] == pytest.approx(0.6 / 0.9)
     assert s["alignment"] == pytest.approx(-0.02 / 0.9) and s["alignment"] < 0
     assert s["lag"] < 0 and s["retention"] > 0
-    assert metrics.loss_shares({"bce": 0.0, "constraint_total": 0.0}) == dict.fromkeys(s)
+    assert trajectory.loss_shares({"bce": 0.0, "constraint_total": 0.0}) == dict.fromkeys(s)
 
 
 # ------------------------------------------------------------------------------------ model passes
@@ -315,13 +315,13 @@ def _values():
     return {"mastery_correlation": 0.07, "gain_correlation": float("nan"), "warmup_scale": 0.25,
             "peak_mastery_corr": torch.tensor(0.07), "lag_corr_count": np.int64(0),
             "consistency_loss_weight_current": 0.3, "sparsity_loss_weight_current": 0.2,
-            "loss_shares": metrics.loss_shares({"bce": 0.6, "constraint_total": 0.3, "alignment": -0.01}),
+            "loss_shares": trajectory.loss_shares({"bce": 0.6, "constraint_total": 0.3, "alignment": -0.01}),
             "mean_mastery_variance": 0.1, "per_lag_correlations": [0.1, float("nan")],
             "target_mastery_correlation": 0.2, "monotonicity_violation_rate": 0.0, "extra": 1}
 
 
 def test_trajectory_entry_has_the_seed_keys_and_nulls_for_missing_values():
-    e = metrics.trajectory_entry(2, _values())
+    e = trajectory.trajectory_entry(2, _values())
     assert list(e)[:24] == [
         "epoch", "mastery_correlation", "gain_correlation", "warmup_scale", "alignment_corr_mastery",
         "alignment_corr_gain", "global_alignment_mastery_corr", "global_alignment_gain_corr",
@@ -335,12 +335,12 @@ def test_trajectory_entry_has_the_seed_keys_and_nulls_for_missing_values():
     assert e["lag_corr_count"] == 0 and e["per_lag_correlations"] == [0.1, None]
     assert list(e["loss_shares"]) == ["main", "constraint_total", "alignment", "lag", "retention"]
     json.dumps(e, allow_nan=False)
-    assert metrics.trajectory_entry(1, {"true_mastery_correlation": 0.5})["true_mastery_correlation"] == 0.5
+    assert trajectory.trajectory_entry(1, {"true_mastery_correlation": 0.5})["true_mastery_correlation"] == 0.5
 
 
 def test_epoch_metric_dict_groups_keys_and_drops_none_nan_and_lists():
-    entry = metrics.trajectory_entry(2, _values())
-    d = metrics.epoch_metric_dict({"loss": 0.5, "auc": 0.7, "learning_rate": 1e-3, "epoch seconds": 3.0},
+    entry = trajectory.trajectory_entry(2, _values())
+    d = trajectory.epoch_metric_dict({"loss": 0.5, "auc": 0.7, "learning_rate": 1e-3, "epoch seconds": 3.0},
                                   {"loss": 0.6, "auc": float("nan"), "accuracy": 0.7}, entry)
     assert all(re.fullmatch(r"[A-Za-z0-9_\-./]+", k) for k in d)
     assert all(isinstance(v, float) and math.isfinite(v) for v in d.values())
