@@ -272,19 +272,32 @@ def synth_cmd(out: Path, students: int, skills: int, seed: int) -> None:
 @click.option("--num_c", required=True, type=click.IntRange(min=1), help="Number of skills (ids 1..num_c).")
 @click.option("--maxlen", required=True, type=click.IntRange(min=2), help="Window length (pyKT maxlen).")
 @click.option("--min_seq_len", required=True, type=click.IntRange(min=1), help="Drop shorter histories.")
+@click.option("--register", "register_as", default=None, metavar="NAME",
+              help="Also add the written folder to configs/data_config.json as data set NAME "
+                   "(train with --dataset NAME --data_root <the folder holding --out>).")
 @_errors
-def import_cmd(src: Path, prefix: str, fold: int, out: Path, num_c: int, maxlen: int, min_seq_len: int) -> None:
+def import_cmd(src: Path, prefix: str, fold: int, out: Path, num_c: int, maxlen: int, min_seq_len: int,
+               register_as: str | None) -> None:
     """Convert the 3-line layout of DKVMN/AKT/SAKT code to pyKT sequence files.
 
     \b
     Example:
       gakt-data import-3line --src ../shared/data/assist2015/akt --prefix assist2015 --fold 1 \\
-          --out data/assist2015_akt --num_c 100 --maxlen 200 --min_seq_len 3
+          --out data/assist2015_akt --num_c 100 --maxlen 200 --min_seq_len 3 --register assist2015_akt
     """
-    from .layout import import_three_line
+    from .layout import check_new_dataset, import_three_line, imported_entry, register_dataset
 
+    entry = imported_entry(out.name, num_c, maxlen, min_seq_len)
+    if register_as is not None:
+        check_new_dataset(register_as, entry)  # refuse a taken name before writing anything
     summary = import_three_line(src, prefix, fold, out, num_c, maxlen, min_seq_len)
     click.echo(f"wrote {out}: {summary}")
+    if register_as is not None:
+        added = register_dataset(register_as, entry)
+        data_root = out.resolve().parent
+        click.echo(f"{'registered' if added else 'already registered:'} data set {register_as!r} "
+                   f"(dpath {out.name!r}) in configs/data_config.json; train on it with "
+                   f"--dataset {register_as} --data_root {data_root}")
 
 
 def _script(command):

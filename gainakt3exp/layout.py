@@ -7,13 +7,15 @@ data.py reads what this module and synthetic.py write; the layout itself is desc
 """
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 
-from gainakt3exp.data import REQUIRED_COLUMNS, first_bad_row, parse_lists
-from gainakt3exp.errors import DataError
+from gainakt3exp.data import CONFIG_DIR, REQUIRED_COLUMNS, first_bad_row, load_data_config, parse_lists
+from gainakt3exp.errors import ConfigError, DataError
 
 
 # ----------------------------------------------------------------------------------------------- writing
@@ -180,3 +182,47 @@ def window_selectmasks(start: np.ndarray, length: np.ndarray, maxlen: int, slidi
         later = start > 0
         sm[later] = np.where(pos == maxlen - 1, 1, -1)
     return sm
+
+
+# ----------------------------------------------------------------------------------------------- registry
+
+_DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def imported_entry(dpath: str, num_c: int, maxlen: int, min_seq_len: int) -> dict:
+    """The data_config.json entry of a folder import_three_line wrote (pyKT keys; folds 0..4 as it assigns them)."""
+    return {"dpath": dpath, "num_q": 0, "num_c": int(num_c), "input_type": ["concepts"], "max_concepts": 1,
+            "min_seq_len": int(min_seq_len), "maxlen": int(maxlen), "folds": [0, 1, 2, 3, 4],
+            "train_valid_file": "train_valid_sequences.csv", "test_file": "test_sequences.csv",
+            "test_window_file": "test_window_sequences.csv"}
+
+
+def check_new_dataset(name: str, entry: dict, path: Path | None = None) -> bool:
+    """Refuse a name that is malformed or registered with another entry; True when the same entry is there."""
+    path = Path(path) if path is not None else CONFIG_DIR / "data_config.json"
+    if not _DATASET_NAME.fullmatch(name):
+        raise ConfigError(f"dataset name {name!r} is not allowed; use letters, digits, '_', '-' and '.' "
+                          "(starting with a letter or digit)")
+    existing = load_data_config(path).get(name)
+    if existing is not None and existing != entry:
+        raise ConfigError(f"dataset {name!r} is already in {path} with another entry; choose another name "
+                          "or remove that entry first")
+    return existing is not None
+
+
+def register_dataset(name: str, entry: dict, path: Path | None = None) -> bool:
+    """Add `name: entry` to the registry (atomically, other entries untouched). Returns False if it was there."""
+    path = Path(path) if path is not None else CONFIG_DIR / "data_config.json"
+    if check_new_dataset(name, entry, path):
+        return False
+    config = load_data_config(path)
+    config[name] = entry
+    write_text_atomic(path, format_registry(config))
+    return True
+
+
+def format_registry(config: dict) -> str:
+    """data_config.json text in the file's own style: one key per line, lists on one line."""
+    entries = (f"  {json.dumps(name)}: {{\n" + ",\n".join(f"    {json.dumps(k)}: {json.dumps(v)}" for k, v in e.items())
+               + "\n  }" for name, e in config.items())
+    return "{\n" + ",\n".join(entries) + "\n}\n"

@@ -1,6 +1,8 @@
 """Data layer: pyKT reader, validation messages, cache, batches, shuffling, registry, 3-line importer."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -318,6 +320,53 @@ def test_importer_writes_pykt_sliding_test_windows(akt_dir, tmp_path):
     assert summary["written"]["test_sequences.csv"] == {"rows": 1, "students": 1, "interactions": 4}
     lines = (out / "test_window_sequences.csv").read_text().splitlines()
     assert lines[0] == HEADER + ",cidxs" and lines[2].endswith('"-1,-1,-1,1","1,2,3,4"')
+
+
+@pytest.fixture
+def registry(tmp_path, monkeypatch):
+    """A copy of configs/data_config.json that the registry code reads and writes instead of the repo's."""
+    config_dir = tmp_path / "configs"
+    config_dir.mkdir()
+    (config_dir / "data_config.json").write_text((data.CONFIG_DIR / "data_config.json").read_text())
+    monkeypatch.setattr(data, "CONFIG_DIR", config_dir)
+    monkeypatch.setattr(layout, "CONFIG_DIR", config_dir)
+    return config_dir / "data_config.json"
+
+
+def _import_cli(akt_dir, out, *extra):
+    from click.testing import CliRunner
+
+    from gainakt3exp.cli import main
+
+    return CliRunner().invoke(main, ["data", "import-3line", "--src", str(akt_dir), "--prefix", "toy", "--fold", "1",
+                                     "--out", str(out), "--num_c", "3", "--maxlen", "4", "--min_seq_len", "3",
+                                     *extra])
+
+
+def test_import_with_register_makes_the_folder_a_data_set_runs_can_load(akt_dir, tmp_path, registry):
+    before = json.loads(registry.read_text())
+    result = _import_cli(akt_dir, tmp_path / "imported" / "toy_akt", "--register", "toy_akt")
+    assert result.exit_code == 0, result.output
+    assert f"--dataset toy_akt --data_root {tmp_path / 'imported'}" in result.output
+    config = json.loads(registry.read_text())
+    assert {k: v for k, v in config.items() if k != "toy_akt"} == before  # other entries untouched
+    assert registry.read_text().startswith(layout.format_registry(before)[:-3])  # ... and so is their text
+    assert config["toy_akt"]["dpath"] == "toy_akt" and config["toy_akt"]["num_c"] == 3
+    spec = data.dataset_spec("toy_akt", tmp_path / "imported")
+    assert (spec.num_c, spec.maxlen) == (3, 4)
+    np.testing.assert_array_equal(data.load_split(spec, "valid", 0, 4).uids, [200])
+    np.testing.assert_array_equal(data.load_split(spec, "train", 0, 4).uids, [100, 100, 102])
+    again = _import_cli(akt_dir, tmp_path / "imported" / "toy_akt", "--register", "toy_akt")
+    assert again.exit_code == 0 and "already registered" in again.output
+
+
+@pytest.mark.parametrize("name, reason", [("assist2015", "already in"), ("../x", "is not allowed")])
+def test_import_register_refuses_a_taken_or_malformed_name_before_writing(akt_dir, tmp_path, registry, name,
+                                                                         reason):
+    before = registry.read_bytes()
+    result = _import_cli(akt_dir, tmp_path / "out", "--register", name)
+    assert result.exit_code == 2 and reason in result.output, result.output
+    assert registry.read_bytes() == before and not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("content, line, reason", [
