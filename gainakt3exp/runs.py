@@ -247,18 +247,25 @@ def find_stale_runs(client, older_than_minutes: float, experiment_name: str | No
 def mark_stale_runs(client, runs: list[dict]) -> int:
     """Set each run KILLED with gakt.outcome=stale and gakt.outcome_reason=<reason>; returns how many were marked.
 
-    The status is read again first: a run that finished meanwhile (not RUNNING) is left untouched.
+    The status is read again first: a run that finished meanwhile (not RUNNING) is left untouched. Temp files
+    of an artifact write the dead process never finished are removed (local stores; the artifacts themselves
+    are complete, publish_bytes renames only whole files); their paths go to item["removed_partials"].
     """
     from mlflow.entities import RunTag
 
     marked = 0
     for item in runs:
         run_id = item["run_id"]
-        if client.get_run(run_id).info.status != "RUNNING":
+        run = client.get_run(run_id)
+        if run.info.status != "RUNNING":
             continue
         client.log_batch(run_id, tags=[RunTag(tracking.TAG_OUTCOME, "stale"),
                                        RunTag(TAG_OUTCOME_REASON, str(item.get("reason", "marked stale"))[:500])])
         client.set_terminated(run_id, "KILLED")
+        item["removed_partials"] = []
+        for path in tracking.partial_artifacts(run.info.artifact_uri):
+            path.unlink(missing_ok=True)
+            item["removed_partials"].append(str(path))
         marked += 1
     return marked
 

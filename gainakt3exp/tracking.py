@@ -282,6 +282,19 @@ def publish_file(client, run_id: str, name: str, path: Path) -> None:
     publish_bytes(client, run_id, name, Path(path).read_bytes())
 
 
+# publish_bytes' temp files: "." + the artifact's name + "." + mkstemp's 8 random characters.
+_PARTIAL_ARTIFACT = re.compile(r"\..+\.[a-z0-9_]{8}")
+
+
+def partial_artifacts(artifact_uri: str) -> list[Path]:
+    """Temp files publish_bytes left in a local artifact folder because its process died mid-write (kill -9).
+    Only a run whose process is gone may have its partial files removed; a server store never has any."""
+    root = _local_artifact_dir(artifact_uri)
+    if root is None or not root.is_dir():
+        return []
+    return sorted(p for p in root.rglob(".*") if p.is_file() and _PARTIAL_ARTIFACT.fullmatch(p.name))
+
+
 def _local_artifact_dir(artifact_uri: str) -> Path | None:
     if artifact_uri.startswith("file://"):
         return Path(urllib.parse.unquote(urllib.parse.urlsplit(artifact_uri).path))

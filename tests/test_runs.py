@@ -113,6 +113,26 @@ def test_dead_process_on_this_host_is_marked_stale(client, experiment):
     assert f"process {pid}" in run.data.tags["gakt.outcome_reason"]
 
 
+def test_marking_stale_removes_temp_files_of_unfinished_artifact_writes_only(client, experiment):
+    _, eid = experiment
+    rid = make_run(client, eid, status="RUNNING", tags={"gakt.host": platform.node(), "gakt.pid": str(dead_pid())})
+    tracking.publish_bytes(client, rid, "model_best.pth", b"complete")
+    tracking.publish_bytes(client, rid, "plots/trajectory.png", b"png")
+    folder = tracking._local_artifact_dir(client.get_run(rid).info.artifact_uri)
+    partial = [folder / ".model_best.pth.k3x_9a0q", folder / "plots" / ".trajectory.png.abcdefgh"]
+    for path in partial:
+        path.write_bytes(b"half")
+    kept = [folder / ".hidden_note", folder / "notes.tmp.abcdefgh"]  # not publish_bytes' temp-file pattern
+    for path in kept:
+        path.write_bytes(b"user")
+    stale = [s for s in runs.find_stale_runs(client, older_than_minutes=60) if s["run_id"] == rid]
+    assert runs.mark_stale_runs(client, stale) == 1
+    assert sorted(stale[0]["removed_partials"]) == sorted(str(p) for p in partial)
+    assert not any(p.exists() for p in partial) and all(p.exists() for p in kept)
+    assert (folder / "model_best.pth").read_bytes() == b"complete"
+    assert (folder / "plots" / "trajectory.png").read_bytes() == b"png"
+
+
 def test_live_process_on_this_host_is_not_stale(client, experiment):
     _, eid = experiment
     old = int(time.time() * 1000) - 10 * 3600 * 1000
