@@ -119,6 +119,7 @@ def check_data(params: dict) -> None:
 def build_config(resolved: Resolved, *, experiment_name: str, run_name: str, exp_id: str, short_title: str,
                  hashes: dict, code: dict) -> dict:
     from .losses import FIXED_CONSTANTS
+    from .model import FIXED_CONSTANTS as MODEL_CONSTANTS
 
     defaults = resolved.defaults or load_defaults()
     params = resolved.params
@@ -133,7 +134,7 @@ def build_config(resolved: Resolved, *, experiment_name: str, run_name: str, exp
         "overrides": {k: params[k] for k in params if params[k] != defaults.values[k]},
         "profiles": resolved.profiles,
         "params": params,
-        "fixed_constants": FIXED_CONSTANTS,
+        "fixed_constants": {**FIXED_CONSTANTS, **MODEL_CONSTANTS},
         "code_version": code,
         "data_hashes": hashes,
         "commands": {

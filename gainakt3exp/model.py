@@ -34,6 +34,11 @@ MODEL_PARAM_KEYS = (
 
 SUPPORTED_EMB_TYPES = ("qid",)
 
+#: Fixed numbers of the model that are not run parameters (recorded in each config.json with the objective's).
+FIXED_CONSTANTS = {
+    "dropout_mask_levels": 1 << 16,  # dropout p is used rounded to a multiple of 1 / this (see _Dropout)
+}
+
 
 class ModelOutput(NamedTuple):
     """What the forward returns; heads that are switched off give None."""
@@ -52,7 +57,7 @@ class _Dropout(nn.Module):
     more; dropout sampling was ~17% of a training step (benchmarks/train_throughput.py --torch_profile).
     """
 
-    LEVELS = 1 << 16
+    LEVELS = FIXED_CONSTANTS["dropout_mask_levels"]  # = 2^16: the masks compare int16 views of random words
 
     def __init__(self, p: float):
         super().__init__()

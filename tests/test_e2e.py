@@ -76,6 +76,8 @@ def test_launched_run_holds_params_trajectory_shares_and_artifacts(store):
     assert config["experiment_id"] == store["exp_id"] and config["params"]["d_model"] == 16
     assert "mlflow run" in config["commands"]["train_explicit"]
     assert config["commands"]["train_explicit"].count(" -P ") == 65
+    assert config["fixed_constants"]["dropout_mask_levels"] == 65536
+    assert config["fixed_constants"]["pearson_variance_eps"] == 1e-12
     for tag in ("gakt.git_commit", "gakt.git_dirty", "gakt.torch_version", "gakt.mlflow_version", "gakt.device",
                 "gakt.data_hash"):
         assert run.data.tags[tag]
