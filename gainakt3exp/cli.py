@@ -195,7 +195,9 @@ def eval_cmd(run: str, max_correlation_students, batch_size, device) -> None:
 @click.option("--stale", is_flag=True, help="List runs left RUNNING by a process that is gone.")
 @click.option("--older_than", type=click.FloatRange(min=0), default=None, metavar="MINUTES",
               help="With --stale: also count RUNNING runs silent for this many minutes (other hosts).")
-@click.option("--mark", is_flag=True, help="With --stale: mark them KILLED (outcome 'stale').")
+@click.option("--mark", is_flag=True,
+              help="With --stale: mark them KILLED (outcome 'stale') and remove temp files of their unfinished "
+                   "artifact writes.")
 @click.option("--latest_id", "latest_id", is_flag=True,
               help="Print only the 6-digit id of the newest training run (for scripts).")
 @_experiment_option
