@@ -136,6 +136,18 @@ def test_forward_runs_under_bf16_autocast():
     assert (out.mastery <= 1).all()
 
 
+
+def test_training_step_under_bf16_autocast_has_finite_gradients():
+    """Train mode: dropout masks and the split head under autocast, then a backward pass."""
+    torch.manual_seed(0)
+    model = _model().train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(*_inputs())
+    (out.logits.sum() + out.mastery.mean() + out.gains.mean()).backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert len(grads) == len(list(model.parameters())) and all(torch.isfinite(g).all() for g in grads)
+
+
 def test_golden_first_forward_and_loss_of_a_tiny_seeded_model():
     """Golden numbers: update deliberately, in the same commit as a change that moves them."""
     torch.manual_seed(0)
