@@ -291,16 +291,17 @@ def import_cmd(src: Path, prefix: str, fold: int, out: Path, num_c: int, maxlen:
     """
     from .layout import check_new_dataset, import_three_line, imported_entry, register_dataset
 
-    entry = imported_entry(out.name, num_c, maxlen, min_seq_len)
+    folder = out.resolve()  # `--out .` or `--out data/x/` name the folder too
+    entry = imported_entry(folder.name, num_c, maxlen, min_seq_len)
     if register_as is not None:
         check_new_dataset(register_as, entry)  # refuse a taken name before writing anything
     summary = import_three_line(src, prefix, fold, out, num_c, maxlen, min_seq_len)
     click.echo(f"wrote {out}: {summary}")
     if register_as is not None:
         added = register_dataset(register_as, entry)
-        data_root = out.resolve().parent
+        data_root = folder.parent
         click.echo(f"{'registered' if added else 'already registered:'} data set {register_as!r} "
-                   f"(dpath {out.name!r}) in configs/data_config.json; train on it with "
+                   f"(dpath {folder.name!r}) in configs/data_config.json; train on it with "
                    f"--dataset {register_as} --data_root {data_root}")
 
 

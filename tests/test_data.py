@@ -360,6 +360,16 @@ def test_import_with_register_makes_the_folder_a_data_set_runs_can_load(akt_dir,
     assert again.exit_code == 0 and "already registered" in again.output
 
 
+def test_import_register_into_the_current_folder_uses_its_name(akt_dir, tmp_path, registry, monkeypatch):
+    folder = tmp_path / "root" / "here"
+    folder.mkdir(parents=True)
+    monkeypatch.chdir(folder)
+    result = _import_cli(akt_dir, ".", "--register", "here_akt")
+    assert result.exit_code == 0, result.output
+    assert json.loads(registry.read_text())["here_akt"]["dpath"] == "here"
+    assert data.dataset_spec("here_akt", tmp_path / "root").root == folder.resolve()
+
+
 @pytest.mark.parametrize("name, reason", [("assist2015", "already in"), ("../x", "is not allowed")])
 def test_import_register_refuses_a_taken_or_malformed_name_before_writing(akt_dir, tmp_path, registry, name,
                                                                          reason):
