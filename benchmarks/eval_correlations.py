@@ -8,8 +8,9 @@ For each n, gainakt3exp.metrics.semantic_metrics(model, split, n, batch_size, de
 n = max_correlation_students, is timed end to end, and then its two halves separately: collect_outputs(...,
 logits=False) (the model pass over the first n rows without the prediction head, reduced per batch) and
 semantic_from_outputs (the correlations, variances and violation rates from those outputs, no model). For
-comparison, full_pass_seconds times a pass that also computes the logits (what a validation epoch runs). The model is the parameters' architecture with seeded random weights, or a
-trained model_best.pth given by --checkpoint; the cost does not depend on the weights. One warm-up call (first
+comparison, full_pass_seconds times a pass that also computes the logits (what a validation epoch runs). The
+model is the parameters' architecture with seeded random weights, or a trained model_best.pth given by
+--checkpoint; the cost does not depend on the weights. One warm-up call (first
 --warmup_students rows) runs before the first timing. Prints one JSON line per n.
 """
 from __future__ import annotations

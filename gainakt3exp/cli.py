@@ -223,8 +223,11 @@ def runs_cmd(limit: int, stale: bool, older_than, mark: bool, latest_id: bool, e
         click.echo(format_stale(found) if found else "no stale runs")
         if mark and found:
             click.echo(f"marked {mark_stale_runs(client, found)} run(s) KILLED (outcome 'stale')")
-            for path in (p for item in found for p in item.get("removed_partials", [])):
-                click.echo(f"removed the unfinished artifact write {path}")
+            for item in found:
+                for path in item.get("removed_partials", []):
+                    click.echo(f"removed the unfinished artifact write {path}")
+                for path in item.get("kept_partials", []):
+                    click.echo(f"could not remove the unfinished artifact write {path}; delete it by hand")
         return
     rows = list_runs(client, limit, name)
     if latest_id:

@@ -71,7 +71,8 @@ class _Dropout(nn.Module):
         if not self.training or self.dropped_levels == 0:
             return x
         n = x.numel()
-        words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(1 << 63), None)  # 64 random bits
+        # 64 random bits per word (the full int64 range), read as four int16 values
+        words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(1 << 63), None)
         u16 = words.view(torch.int16)[:n].view(x.shape)
         return x * (u16 >= self.threshold) * self.scale
 

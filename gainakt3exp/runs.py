@@ -247,9 +247,11 @@ def find_stale_runs(client, older_than_minutes: float, experiment_name: str | No
 def mark_stale_runs(client, runs: list[dict]) -> int:
     """Set each run KILLED with gakt.outcome=stale and gakt.outcome_reason=<reason>; returns how many were marked.
 
-    The status is read again first: a run that finished meanwhile (not RUNNING) is left untouched. Temp files
-    of an artifact write the dead process never finished are removed (local stores; the artifacts themselves
-    are complete, publish_bytes renames only whole files); their paths go to item["removed_partials"].
+    The status is read again first: a run that finished meanwhile (not RUNNING) is left untouched. When its
+    process is known to be gone (this host, pid dead), temp files of an artifact write it never finished are
+    removed (local stores; the artifacts themselves are complete, publish_bytes renames only whole files):
+    paths in item["removed_partials"], any that could not be removed in item["kept_partials"]. A run judged
+    stale by idleness alone (another host) keeps them: its process may still be writing.
     """
     from mlflow.entities import RunTag
 
@@ -262,12 +264,23 @@ def mark_stale_runs(client, runs: list[dict]) -> int:
         client.log_batch(run_id, tags=[RunTag(tracking.TAG_OUTCOME, "stale"),
                                        RunTag(TAG_OUTCOME_REASON, str(item.get("reason", "marked stale"))[:500])])
         client.set_terminated(run_id, "KILLED")
-        item["removed_partials"] = []
-        for path in tracking.partial_artifacts(run.info.artifact_uri):
-            path.unlink(missing_ok=True)
-            item["removed_partials"].append(str(path))
+        item["removed_partials"], item["kept_partials"] = [], []
+        if _process_gone_here(run):
+            for path in tracking.partial_artifacts(run.info.artifact_uri):
+                try:
+                    path.unlink(missing_ok=True)
+                    item["removed_partials"].append(str(path))
+                except OSError as e:
+                    item["kept_partials"].append(f"{path} ({e.strerror or e})")
         marked += 1
     return marked
+
+
+def _process_gone_here(run) -> bool:
+    tags = run.data.tags
+    pid = _float(tags.get(TAG_PID))
+    return (tags.get(TAG_HOST) == platform.node() and pid is not None and pid == int(pid)
+            and not process_alive(int(pid)))
 
 
 def format_stale(runs: list[dict]) -> str:

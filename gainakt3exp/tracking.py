@@ -256,7 +256,7 @@ def publish_bytes(client, run_id: str, name: str, data: bytes) -> None:
     if dest is not None:
         target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=PARTIAL_SUFFIX)
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
@@ -282,13 +282,15 @@ def publish_file(client, run_id: str, name: str, path: Path) -> None:
     publish_bytes(client, run_id, name, Path(path).read_bytes())
 
 
-# publish_bytes' temp files: "." + the artifact's name + "." + mkstemp's 8 random characters.
-_PARTIAL_ARTIFACT = re.compile(r"\..+\.[a-z0-9_]{8}")
+# publish_bytes' temp files: "." + the artifact's name + "." + mkstemp's 8 random characters + PARTIAL_SUFFIX.
+PARTIAL_SUFFIX = ".gakt-partial"
+_PARTIAL_ARTIFACT = re.compile(r"\..+\.[a-z0-9_]{8}" + re.escape(PARTIAL_SUFFIX))
 
 
 def partial_artifacts(artifact_uri: str) -> list[Path]:
     """Temp files publish_bytes left in a local artifact folder because its process died mid-write (kill -9).
-    Only a run whose process is gone may have its partial files removed; a server store never has any."""
+    Only a run whose process is known to be gone may have them removed (a live one may be mid-write); a server
+    store never has any."""
     root = _local_artifact_dir(artifact_uri)
     if root is None or not root.is_dir():
         return []

@@ -10,6 +10,7 @@ import platform
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from mlflow.entities import Metric
@@ -119,10 +120,13 @@ def test_marking_stale_removes_temp_files_of_unfinished_artifact_writes_only(cli
     tracking.publish_bytes(client, rid, "model_best.pth", b"complete")
     tracking.publish_bytes(client, rid, "plots/trajectory.png", b"png")
     folder = tracking._local_artifact_dir(client.get_run(rid).info.artifact_uri)
-    partial = [folder / ".model_best.pth.k3x_9a0q", folder / "plots" / ".trajectory.png.abcdefgh"]
+    partial = [folder / ".model_best.pth.k3x_9a0q.gakt-partial",
+               folder / "plots" / ".trajectory.png.abcdefgh.gakt-partial"]
     for path in partial:
         path.write_bytes(b"half")
-    kept = [folder / ".hidden_note", folder / "notes.tmp.abcdefgh"]  # not publish_bytes' temp-file pattern
+    # Not publish_bytes' temp-file pattern: user dotfiles, even ones ending in 8 characters.
+    kept = [folder / ".hidden_note", folder / "notes.tmp.abcdefgh", folder / ".config.defaults",
+            folder / ".results.metadata"]
     for path in kept:
         path.write_bytes(b"user")
     stale = [s for s in runs.find_stale_runs(client, older_than_minutes=60) if s["run_id"] == rid]
@@ -131,6 +135,37 @@ def test_marking_stale_removes_temp_files_of_unfinished_artifact_writes_only(cli
     assert not any(p.exists() for p in partial) and all(p.exists() for p in kept)
     assert (folder / "model_best.pth").read_bytes() == b"complete"
     assert (folder / "plots" / "trajectory.png").read_bytes() == b"png"
+
+
+def test_a_run_stale_by_idleness_alone_keeps_its_temp_files(client, experiment):
+    """Another host's run silent for long may still be mid-write: marking it must not pull files from under it."""
+    _, eid = experiment
+    old = int(time.time() * 1000) - 10 * 3600 * 1000
+    rid = make_run(client, eid, status="RUNNING", start_time=old, tags={"gakt.host": "elsewhere", "gakt.pid": "1"})
+    tracking.publish_bytes(client, rid, "config.json", b"{}")
+    folder = tracking._local_artifact_dir(client.get_run(rid).info.artifact_uri)
+    partial = folder / ".model_best.pth.abcd1234.gakt-partial"
+    partial.write_bytes(b"in progress")
+    stale = [s for s in runs.find_stale_runs(client, older_than_minutes=60) if s["run_id"] == rid]
+    assert len(stale) == 1 and "no activity" in stale[0]["reason"]
+    assert runs.mark_stale_runs(client, stale) == 1
+    assert partial.exists() and stale[0]["removed_partials"] == []
+
+
+def test_publish_bytes_temp_files_match_the_partial_pattern(client, experiment, monkeypatch):
+    """The pattern --mark removes is the one publish_bytes really writes (seen by failing the rename)."""
+    _, eid = experiment
+    rid = make_run(client, eid, status="RUNNING")
+    seen = []
+
+    def failing_replace(src, dst):
+        seen.append(Path(src).name)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tracking.os, "replace", failing_replace)
+    with pytest.raises(OSError):
+        tracking.publish_bytes(client, rid, "model_best.pth", b"x")
+    assert len(seen) == 1 and tracking._PARTIAL_ARTIFACT.fullmatch(seen[0]), seen
 
 
 def test_live_process_on_this_host_is_not_stale(client, experiment):
