@@ -295,6 +295,8 @@ def import_cmd(src: Path, prefix: str, fold: int, out: Path, num_c: int, maxlen:
     from .layout import check_new_dataset, import_three_line, imported_entry, register_dataset
 
     folder = out.resolve()  # `--out .` or `--out data/x/` name the folder too
+    if not folder.name:
+        raise click.BadParameter(f"{out} is the file system root; write into a folder", param_hint="--out")
     entry = imported_entry(folder.name, num_c, maxlen, min_seq_len)
     if register_as is not None:
         check_new_dataset(register_as, entry)  # refuse a taken name before writing anything
@@ -305,7 +307,7 @@ def import_cmd(src: Path, prefix: str, fold: int, out: Path, num_c: int, maxlen:
         data_root = folder.parent
         click.echo(f"{'registered' if added else 'already registered:'} data set {register_as!r} "
                    f"(dpath {folder.name!r}) in configs/data_config.json; train on it with "
-                   f"--dataset {register_as} --data_root {data_root}")
+                   f"--dataset {register_as} --data_root {data_root} --seq_len {maxlen}")
 
 
 def _script(command):

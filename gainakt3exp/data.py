@@ -53,11 +53,14 @@ def load_data_config(path: Path | None = None) -> dict:
     """Read the pyKT-compatible data set registry (default: <repo>/configs/data_config.json)."""
     path = Path(path) if path is not None else CONFIG_DIR / "data_config.json"
     try:
-        return json.loads(path.read_text())
+        config = json.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"data config {path} does not exist; restore configs/data_config.json") from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"data config {path} is not valid JSON (line {e.lineno}: {e.msg}); fix the file") from None
+    if not isinstance(config, dict) or not all(isinstance(v, dict) for v in config.values()):
+        raise ConfigError(f"data config {path} must be a JSON object of data set name -> entry; fix the file")
+    return config
 
 
 @dataclass(frozen=True)

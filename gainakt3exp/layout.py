@@ -7,6 +7,7 @@ data.py reads what this module and synthetic.py write; the layout itself is desc
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -71,11 +72,20 @@ def _format_rows(a: np.ndarray) -> list[str]:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a synced temp file and a rename: readers see the old or the new file whole;
+    a failed write leaves the old file and no temp file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 # ----------------------------------------------------------------------------------------------- 3-line import
@@ -211,18 +221,24 @@ def check_new_dataset(name: str, entry: dict, path: Path | None = None) -> bool:
 
 
 def register_dataset(name: str, entry: dict, path: Path | None = None) -> bool:
-    """Add `name: entry` to the registry (atomically, other entries untouched). Returns False if it was there."""
+    """Add `name: entry` to the registry (locked against concurrent registrations, written atomically, other
+    entries kept). Returns False if the same entry was already there."""
     path = Path(path) if path is not None else CONFIG_DIR / "data_config.json"
-    if check_new_dataset(name, entry, path):
-        return False
-    config = load_data_config(path)
-    config[name] = entry
-    write_text_atomic(path, format_registry(config))
-    return True
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # read-modify-write: a concurrent registration would be lost
+        if check_new_dataset(name, entry, path):
+            return False
+        config = load_data_config(path)
+        config[name] = entry
+        write_text_atomic(path, format_registry(config))
+        return True
 
 
 def format_registry(config: dict) -> str:
     """data_config.json text in the file's own style: one key per line, lists on one line."""
-    entries = (f"  {json.dumps(name)}: {{\n" + ",\n".join(f"    {json.dumps(k)}: {json.dumps(v)}" for k, v in e.items())
-               + "\n  }" for name, e in config.items())
+    def dump(value) -> str:
+        return json.dumps(value, ensure_ascii=False)
+
+    entries = (f"  {dump(name)}: {{\n" + ",\n".join(f"    {dump(k)}: {dump(v)}" for k, v in e.items()) + "\n  }"
+               for name, e in config.items())
     return "{\n" + ",\n".join(entries) + "\n}\n"

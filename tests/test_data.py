@@ -347,7 +347,7 @@ def test_import_with_register_makes_the_folder_a_data_set_runs_can_load(akt_dir,
     before = json.loads(registry.read_text())
     result = _import_cli(akt_dir, tmp_path / "imported" / "toy_akt", "--register", "toy_akt")
     assert result.exit_code == 0, result.output
-    assert f"--dataset toy_akt --data_root {tmp_path / 'imported'}" in result.output
+    assert f"--dataset toy_akt --data_root {tmp_path / 'imported'} --seq_len 4" in result.output
     config = json.loads(registry.read_text())
     assert {k: v for k, v in config.items() if k != "toy_akt"} == before  # other entries untouched
     assert registry.read_text().startswith(layout.format_registry(before)[:-3])  # ... and so is their text
@@ -368,6 +368,29 @@ def test_import_register_into_the_current_folder_uses_its_name(akt_dir, tmp_path
     assert result.exit_code == 0, result.output
     assert json.loads(registry.read_text())["here_akt"]["dpath"] == "here"
     assert data.dataset_spec("here_akt", tmp_path / "root").root == folder.resolve()
+
+
+def _register(args):
+    name, path = args
+    return layout.register_dataset(name, layout.imported_entry(name, 3, 4, 3), path)
+
+
+def test_concurrent_registrations_all_land(registry):
+    import multiprocessing
+
+    names = [f"set{i}" for i in range(6)]
+    with multiprocessing.get_context("fork").Pool(6) as pool:
+        assert pool.map(_register, [(n, registry) for n in names]) == [True] * 6
+    config = json.loads(registry.read_text())
+    assert set(names) <= set(config) and {"assist2015", "synthetic"} <= set(config)
+    assert not list(registry.parent.glob(".data_config.json.*.tmp"))
+
+
+def test_a_registry_that_is_not_an_object_of_entries_is_refused(tmp_path):
+    bad = tmp_path / "data_config.json"
+    bad.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="must be a JSON object of data set name -> entry"):
+        data.load_data_config(bad)
 
 
 @pytest.mark.parametrize("name, reason", [("assist2015", "already in"), ("../x", "is not allowed")])
