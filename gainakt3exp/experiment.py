@@ -4,8 +4,9 @@
     gakt-repro 423891
 
 config.json (one per run, an MLflow artifact) is the run's complete record: the pristine defaults, what was
-overridden, the resolved parameters, the groups, the defaults' md5, the fixed constants of the objective, the code
-version, the data files' hashes and the explicit commands (train_explicit = `mlflow run` with every -P).
+overridden, the resolved parameters, the groups, the defaults' md5, the fixed constants of the objective and the
+model, the code version, the data files' hashes and the explicit commands (train_explicit = `mlflow run` with
+every -P).
 It is a pure function of (parameters, experiment, run name, code, data), so the launcher and a hand-run of
 train_explicit write the same bytes, and a reproduction keeps the original's bytes.
 """
@@ -118,9 +119,6 @@ def check_data(params: dict) -> None:
 
 def build_config(resolved: Resolved, *, experiment_name: str, run_name: str, exp_id: str, short_title: str,
                  hashes: dict, code: dict) -> dict:
-    from .losses import FIXED_CONSTANTS
-    from .model import FIXED_CONSTANTS as MODEL_CONSTANTS
-
     defaults = resolved.defaults or load_defaults()
     params = resolved.params
     return {
@@ -134,7 +132,7 @@ def build_config(resolved: Resolved, *, experiment_name: str, run_name: str, exp
         "overrides": {k: params[k] for k in params if params[k] != defaults.values[k]},
         "profiles": resolved.profiles,
         "params": params,
-        "fixed_constants": {**FIXED_CONSTANTS, **MODEL_CONSTANTS},
+        "fixed_constants": _fixed_constants(),
         "code_version": code,
         "data_hashes": hashes,
         "commands": {
@@ -143,6 +141,14 @@ def build_config(resolved: Resolved, *, experiment_name: str, run_name: str, exp
             "reproduce": _env_prefix() + shlex.join(repro_command(exp_id)),
         },
     }
+
+
+def _fixed_constants() -> dict:
+    """Every fixed number of the objective and the model that is not a run parameter."""
+    from .losses import FIXED_CONSTANTS
+    from .model import FIXED_CONSTANTS as MODEL_CONSTANTS
+
+    return {**FIXED_CONSTANTS, **MODEL_CONSTANTS}
 
 
 def config_params(config: dict, defaults: Defaults | None = None) -> dict:
@@ -292,6 +298,12 @@ def reproduce(ref: str, echo=print, evaluate: bool = False) -> int:
     if changed:
         echo(f"warning: data files differ from those the original run read: {', '.join(changed)} "
              "(gakt-compare will flag the data hash)")
+    constants = _fixed_constants()
+    moved = sorted(k for k in set(constants) | set(config.get("fixed_constants", {}))
+                   if config.get("fixed_constants", {}).get(k) != constants.get(k))
+    if moved:
+        echo(f"warning: fixed constants of the code differ from the original run's: {', '.join(moved)} "
+             "(results may differ; gakt-compare will flag the code version)")
     tags = original.data.tags
     exp_id = tags.get(tracking.TAG_EXP_ID) or config.get("experiment_id", "")
     title = tags.get(tracking.TAG_TITLE) or config.get("short_title", "run")

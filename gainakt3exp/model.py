@@ -2,6 +2,7 @@
 
     model = GainAKT3Exp.from_params(params, num_c=100)
     out = model(batch.c, batch.r, batch.q)   # ModelOutput(logits (B,L), mastery (B,L,C)|None, gains (B,L,C)|None)
+    out = model(c, r, q, logits=False)       # an interpretability-only pass: logits None
 
 Shapes: B batch, L steps (L <= seq_len - 1), D d_model, C num_c.
 Interaction token x_t = c_t + C * r_t feeds two streams: the context stream H (queries and keys) and the
@@ -177,8 +178,9 @@ class GainAKT3Exp(nn.Module):
 
         logits=False / interpretation=False leave out the prediction / the mastery and gain heads (their
         fields are None) and whatever only they need: without logits, the last block's FFN runs for the steps
-        the mastery head reads (step 0 with the gain head, none without the mastery head). Evaluation passes
-        that need only one kind of output use them; the outputs that are computed are the same.
+        the mastery head reads (step 0 with the gain head, every step without it, none without the mastery
+        head). Evaluation passes that need only one kind of output use them; the outputs that are computed
+        equal the full pass's up to float rounding (a matmul over fewer rows may round differently, ~1e-7).
         """
         assert c.shape == r.shape == q.shape and c.dim() == 2, (c.shape, r.shape, q.shape)
         l = c.shape[1]
@@ -215,21 +217,25 @@ class GainAKT3Exp(nn.Module):
                 mastery = torch.sigmoid(mastery_head(h).float())  # (B, L, C)
         return ModelOutput(logits=z, mastery=mastery, gains=gains)
 
-
     def _predict(self, h: torch.Tensor, v: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         """z = head([h, v, concept_emb(q)]), with the head's first layer split by input.
 
         W [h; v; e_q] + b = W_hv [h; v] + (W_e e_q + b): the concept part depends on q alone, so it is computed
         once per concept as a (C, d_ff) table and looked up, instead of a (B*L, D) x (D, d_ff) product per step.
-        Same parameters and same function as Linear(3D, d_ff) on the concatenation; a third fewer multiply-adds
-        in the head, forward and backward (benchmarks/train_throughput.py).
+        Same parameters and same function as Linear(3D, d_ff) on the concatenation (up to float rounding); a
+        third fewer multiply-adds in the head, forward and backward (benchmarks/train_throughput.py). A batch
+        with fewer steps than concepts (B*L < C) takes the concatenation, which is then cheaper.
         """
         first, relu, dropout, last = self.prediction_head
         b, l, d = h.shape
         w = first.weight  # (d_ff, 3D)
-        table = torch.addmm(first.bias, self.concept_emb.weight, w[:, 2 * d:].t())  # (C, d_ff)
-        hv = torch.cat([h, v], dim=-1).reshape(b * l, 2 * d)
-        hidden = torch.addmm(F.embedding(q.reshape(-1), table), hv, w[:, : 2 * d].t())  # (B*L, d_ff)
+        if b * l < self.num_c:
+            features = torch.cat([h, v, self.concept_emb(q)], dim=-1).reshape(b * l, 3 * d)
+            hidden = torch.addmm(first.bias, features, w.t())  # (B*L, d_ff)
+        else:
+            table = torch.addmm(first.bias, self.concept_emb.weight, w[:, 2 * d:].t())  # (C, d_ff)
+            hv = torch.cat([h, v], dim=-1).reshape(b * l, 2 * d)
+            hidden = torch.addmm(F.embedding(q.reshape(-1), table), hv, w[:, : 2 * d].t())  # (B*L, d_ff)
         return last(dropout(relu(hidden))).view(b, l).float()
 
 

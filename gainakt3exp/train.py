@@ -274,6 +274,7 @@ def _train_epoch(model, objective, optimizer, seqs, params, device, generator, s
     return {"means": means, "last": last, "auc": roc_auc(y, p), "interactions": interactions,
             "per_lag": per_lag_mean, "lag_mean": lag_mean, "lag_count": lag_count}, global_step
 
+
 _SUMMED_PARTS = ("bce", "non_negative", "monotonicity", "mastery_performance", "gain_performance", "sparsity",
                  "consistency", "constraint_total", "alignment", "lag", "lag_value", "retention", "total")
 

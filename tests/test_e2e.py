@@ -118,6 +118,24 @@ def test_repro_of_a_tampered_config_is_refused_with_the_reason(store):
     assert not _run(store, exp_id, repro=True)
 
 
+def test_repro_warns_when_the_codes_fixed_constants_differ_from_the_original(store):
+    """A run made by code with other fixed constants (e.g. an older dropout) reproduces, with a warning."""
+    env = store["env"]
+    gakt(env, "gakt-launch", "--short_title", "consts", "--profile", "tiny", "--epochs", "1",
+         "--data_root", str(store["tmp"]))
+    exp_id = gakt(env, "gakt-runs", "--latest_id").stdout.strip()
+    (run,) = _run(store, exp_id)
+    config_path = Path(run.info.artifact_uri.replace("file://", "")) / "config.json"
+    config = json.loads(config_path.read_text())
+    config["fixed_constants"]["dropout_mask_levels"] = 256
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    reproduced = gakt(env, "gakt-repro", exp_id)
+    warning = "warning: fixed constants of the code differ from the original run's: dropout_mask_levels"
+    assert warning in reproduced.stdout + reproduced.stderr
+    (repro,) = _run(store, exp_id, repro=True)
+    assert repro.info.status == "FINISHED"
+
+
 def test_compare_with_a_changed_parameter_exits_1_and_names_the_metrics(store):
     env = store["env"]
     gakt(env, "gakt-launch", "--short_title", "seed7", "--profile", "tiny", "--seed", "7",

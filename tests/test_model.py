@@ -136,7 +136,6 @@ def test_forward_runs_under_bf16_autocast():
     assert (out.mastery <= 1).all()
 
 
-
 def test_training_step_under_bf16_autocast_has_finite_gradients():
     """Train mode: dropout masks and the split head under autocast, then a backward pass."""
     torch.manual_seed(0)
@@ -201,13 +200,15 @@ def test_dropout_edges_zero_odd_sizes_and_near_one():
     assert near_one.dropped_levels == 65535 and torch.isfinite(near_one(torch.ones(1000))).all()
 
 
-def test_split_prediction_head_equals_the_linear_on_the_concatenation():
+@pytest.mark.parametrize("steps", [L, 1])  # B*L >= C: the lookup table; B*1 < C: the concatenation
+def test_split_prediction_head_equals_the_linear_on_the_concatenation(steps):
     """_predict computes Linear(3D, d_ff) on [h, v, concept_emb(q)] with the concept part as a lookup table."""
     torch.manual_seed(0)
     model = _model()
     c, r, q = _inputs(seed=5)
-    h = torch.randn(B, L, 16, requires_grad=True)
-    v = torch.randn(B, L, 16, requires_grad=True)
+    q = q[:, :steps]
+    h = torch.randn(B, steps, 16, requires_grad=True)
+    v = torch.randn(B, steps, 16, requires_grad=True)
     got = model._predict(h, v, q)
     reference = model.prediction_head(torch.cat([h, v, model.concept_emb(q)], dim=-1)).squeeze(-1)
     assert torch.allclose(got, reference, atol=1e-6)
