@@ -101,15 +101,20 @@ def test_eval_repro_compare_says_identical_and_config_is_byte_identical(store):
     assert as_json["verdict"] == "identical"
 
 
-def test_repro_of_a_tampered_config_is_refused_with_the_reason(store):
+def _one_epoch_run_config(store, title: str) -> tuple[str, Path, dict]:
+    """Launch a 1-epoch tiny run; return its 6-digit id, the path of its config.json and the parsed config."""
     env = store["env"]
-    gakt(env, "gakt-launch", "--short_title", "tamper", "--profile", "tiny", "--epochs", "1",
+    gakt(env, "gakt-launch", "--short_title", title, "--profile", "tiny", "--epochs", "1",
          "--data_root", str(store["tmp"]))
     exp_id = gakt(env, "gakt-runs", "--latest_id").stdout.strip()
     (run,) = _run(store, exp_id)
-    artifact_dir = Path(run.info.artifact_uri.replace("file://", ""))
-    config_path = artifact_dir / "config.json"
-    config = json.loads(config_path.read_text())
+    config_path = Path(run.info.artifact_uri.replace("file://", "")) / "config.json"
+    return exp_id, config_path, json.loads(config_path.read_text())
+
+
+def test_repro_of_a_tampered_config_is_refused_with_the_reason(store):
+    env = store["env"]
+    exp_id, config_path, config = _one_epoch_run_config(store, "tamper")
     config["defaults"]["dropout"] = 0.3  # a default changed after the run
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     refused = gakt(env, "gakt-repro", exp_id, check=False)
@@ -121,12 +126,7 @@ def test_repro_of_a_tampered_config_is_refused_with_the_reason(store):
 def test_repro_warns_when_the_codes_fixed_constants_differ_from_the_original(store):
     """A run made by code with other fixed constants (e.g. an older dropout) reproduces, with a warning."""
     env = store["env"]
-    gakt(env, "gakt-launch", "--short_title", "consts", "--profile", "tiny", "--epochs", "1",
-         "--data_root", str(store["tmp"]))
-    exp_id = gakt(env, "gakt-runs", "--latest_id").stdout.strip()
-    (run,) = _run(store, exp_id)
-    config_path = Path(run.info.artifact_uri.replace("file://", "")) / "config.json"
-    config = json.loads(config_path.read_text())
+    exp_id, config_path, config = _one_epoch_run_config(store, "consts")
     config["fixed_constants"]["dropout_mask_levels"] = 256
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     reproduced = gakt(env, "gakt-repro", exp_id)
