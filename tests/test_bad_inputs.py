@@ -77,65 +77,59 @@ def _launch(data_root: Path, *extra: str):
 # --- parameters ---------------------------------------------------------------------------------------------------
 
 
+def _refused(result, store_dir: Path, *expected: str) -> None:
+    """Exit 2 with every expected message in the output, and no tracking store created."""
+    assert result.exit_code == 2, result.output
+    for text in expected:
+        assert text in result.output, (text, result.output)
+    assert not store_dir.exists()
+
+
 def test_unknown_option_is_refused_with_every_other_problem(synthetic_root, store_dir):
     result = _launch(synthetic_root, "--foo", "1", "--epochs", "abc")
-    assert result.exit_code == 2
-    assert "unknown parameter 'foo'; did you mean 'fold'?" in result.output
-    assert "epochs='abc': expected an integer" in result.output
-    assert not store_dir.exists()
+    _refused(result, store_dir, "unknown parameter 'foo'; did you mean 'fold'?",
+             "epochs='abc': expected an integer")
 
 
 def test_non_integer_epochs_is_refused(synthetic_root, store_dir):
     result = _launch(synthetic_root, "--epochs", "abc")
-    assert result.exit_code == 2
-    assert "epochs='abc': expected an integer, e.g. 12" in result.output
-    assert not store_dir.exists()
+    _refused(result, store_dir, "epochs='abc': expected an integer, e.g. 12")
 
 
 def test_n_heads_not_dividing_d_model_is_refused_with_values_that_fit(synthetic_root, store_dir):
     result = _launch(synthetic_root, "--d_model", "100", "--n_heads", "8")
-    assert result.exit_code == 2
-    assert "d_model=100 n_heads=8: n_heads must divide d_model (e.g. n_heads 10, or d_model 104)" in result.output
-    assert not store_dir.exists()
+    _refused(result, store_dir,
+             "d_model=100 n_heads=8: n_heads must divide d_model (e.g. n_heads 10, or d_model 104)")
 
 
 def test_a_constraint_weight_with_its_head_off_is_refused_naming_what_to_change(synthetic_root, store_dir):
     result = _launch(synthetic_root, "--use_mastery_head", "false")
-    assert result.exit_code == 2
-    assert ("mastery_performance_loss_weight=0.8 needs use_mastery_head true but use_mastery_head is false: "
-            "set mastery_performance_loss_weight 0 or use_mastery_head true") in result.output
-    assert "monotonicity_loss_weight=0.1" in result.output  # every problem at once, not the first only
-    assert not store_dir.exists()
+    _refused(result, store_dir,
+             "mastery_performance_loss_weight=0.8 needs use_mastery_head true but use_mastery_head is false: "
+             "set mastery_performance_loss_weight 0 or use_mastery_head true",
+             "monotonicity_loss_weight=0.1")  # every problem at once, not the first only
 
 
 def test_a_fold_the_data_set_lacks_is_refused_listing_its_folds(synthetic_root, store_dir):
     result = _launch(synthetic_root, "--fold", "9")
-    assert result.exit_code == 2
-    assert "fold=9: synthetic has folds [0, 1, 2, 3, 4]" in result.output
-    assert not store_dir.exists()
+    _refused(result, store_dir, "fold=9: synthetic has folds [0, 1, 2, 3, 4]")
 
 
 def test_an_unknown_dataset_is_refused_listing_the_known_ones(synthetic_root, store_dir):
     result = _launch(synthetic_root, "--dataset", "nope")
-    assert result.exit_code == 2
-    assert "dataset='nope': unknown; known datasets in configs/data_config.json: assist2015, synthetic" \
-        in result.output
-    assert not store_dir.exists()
+    _refused(result, store_dir,
+             "dataset='nope': unknown; known datasets in configs/data_config.json: assist2015, synthetic")
 
 
 def test_an_unknown_profile_is_refused_listing_the_known_ones(synthetic_root, store_dir):
     result = invoke("launch", "--short_title", "bad", "--profile", "nope", "--data_root", str(synthetic_root))
-    assert result.exit_code == 2
-    assert "unknown profile 'nope'; known profiles:" in result.output and "tiny" in result.output
-    assert not store_dir.exists()
+    _refused(result, store_dir, "unknown profile 'nope'; known profiles:", "tiny")
 
 
 @pytest.mark.parametrize("after", [[], ["--epochs", "1"]], ids=["last", "before-another-option"])
 def test_a_bare_bool_flag_is_refused_asking_for_true_or_false(synthetic_root, store_dir, after):
     result = _launch(synthetic_root, "--use_amp", *after)
-    assert result.exit_code == 2
-    assert "Invalid value for '--use_amp': needs a value: --use_amp true or --use_amp false" in result.output
-    assert not store_dir.exists()
+    _refused(result, store_dir, "Invalid value for '--use_amp': needs a value: --use_amp true or --use_amp false")
 
 
 # --- data files ---------------------------------------------------------------------------------------------------
@@ -143,10 +137,8 @@ def test_a_bare_bool_flag_is_refused_asking_for_true_or_false(synthetic_root, st
 
 def test_a_missing_data_folder_is_refused_with_the_command_that_makes_it(tmp_path, store_dir):
     result = _launch(tmp_path / "nodata")
-    assert result.exit_code == 2
-    assert f"data set folder {tmp_path / 'nodata' / 'synthetic'}" in result.output
-    assert "does not exist; generate it with `gakt-data synth --out" in result.output
-    assert not store_dir.exists()
+    _refused(result, store_dir, f"data set folder {tmp_path / 'nodata' / 'synthetic'}",
+             "does not exist; generate it with `gakt-data synth --out")
 
 
 def _corrupt(path: Path, row: int, change) -> None:
@@ -202,10 +194,7 @@ def test_a_malformed_data_file_is_refused_naming_file_line_and_problem(synthetic
     shutil.copytree(synthetic_root / "synthetic", root / "synthetic")
     corrupt(root / "synthetic" / name)
     result = _launch(root)
-    assert result.exit_code == 2, result.output
-    assert message in result.output
-    assert str(root / "synthetic" / name) in result.output  # the full path, so the user can open it
-    assert not store_dir.exists()
+    _refused(result, store_dir, message, str(root / "synthetic" / name))  # the full path, so the user can open it
 
 
 # --- run ids and titles -------------------------------------------------------------------------------------------
@@ -240,9 +229,7 @@ def test_a_run_id_holding_a_path_is_refused(in_empty_store, command):
 
 def test_a_short_title_with_a_slash_is_refused(synthetic_root, store_dir):
     result = invoke("launch", "--short_title", "../evil/x", "--profile", "tiny", "--data_root", str(synthetic_root))
-    assert result.exit_code == 2
-    assert "short_title '../evil/x': use 1-64 letters, digits, '_', '-' or '.'" in result.output
-    assert not store_dir.exists()
+    _refused(result, store_dir, "short_title '../evil/x': use 1-64 letters, digits, '_', '-' or '.'")
 
 
 # --- tracking server URIs -----------------------------------------------------------------------------------------
