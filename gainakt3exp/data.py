@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from gainakt3exp.errors import ConfigError, DataError
+from gainakt3exp.files import write_bytes_atomic
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 REQUIRED_COLUMNS = ("fold", "uid", "concepts", "responses", "selectmasks")
@@ -244,11 +245,9 @@ def _read_cache(path: Path) -> dict | None:
 
 def _write_cache(path: Path, arrays: dict) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        write_bytes_atomic(path, buffer.getvalue())
     except OSError as e:  # a cache is an optimisation: warn, keep the parsed arrays
         warnings.warn(f"cannot write the data cache {path} ({e}); set GAKT_CACHE_DIR to a writable folder")
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import re
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 
 from gainakt3exp.data import CONFIG_DIR, REQUIRED_COLUMNS, first_bad_row, load_data_config, parse_lists
 from gainakt3exp.errors import ConfigError, DataError
+from gainakt3exp.files import write_bytes_atomic
 
 
 # ----------------------------------------------------------------------------------------------- writing
@@ -55,7 +55,7 @@ def write_sequence_csv(path: Path, header: list[str], fold: np.ndarray, uid: np.
     cols = [_format_rows(a) for a in lists]
     body = "".join(f"{f},{u}," + ",".join(f'"{c[i]}"' for c in cols) + "\n"
                    for i, (f, u) in enumerate(zip(fold.tolist(), uid.tolist())))
-    write_text_atomic(path, ",".join(header) + "\n" + body)
+    write_bytes_atomic(path, (",".join(header) + "\n" + body).encode())
 
 
 def _format_rows(a: np.ndarray) -> list[str]:
@@ -69,23 +69,6 @@ def _format_rows(a: np.ndarray) -> list[str]:
     else:
         s = a.astype(str)
     return [",".join(row) for row in s.tolist()]
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a synced temp file and a rename: readers see the old or the new file whole;
-    a failed write leaves the old file and no temp file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # ----------------------------------------------------------------------------------------------- 3-line import
@@ -230,7 +213,7 @@ def register_dataset(name: str, entry: dict, path: Path | None = None) -> bool:
             return False
         config = load_data_config(path)
         config[name] = entry
-        write_text_atomic(path, format_registry(config))
+        write_bytes_atomic(path, format_registry(config).encode())
         return True
 
 

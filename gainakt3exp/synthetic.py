@@ -28,7 +28,8 @@ import numpy as np
 
 from gainakt3exp.data import REQUIRED_COLUMNS, truth_file_name
 from gainakt3exp.layout import (gather_windows, sliding_windows, split_windows, window_selectmasks,
-                                write_sequence_csv, write_text_atomic)
+                                write_sequence_csv)
+from gainakt3exp.files import write_bytes_atomic
 from gainakt3exp.errors import ConfigError
 
 GUESS = 0.1
@@ -123,5 +124,5 @@ def generate_synthetic(out_dir: Path, students: int, skills: int, seed: int, max
             "seed": seed, "students": students, "skills": skills, "maxlen": maxlen,
             "interactions": int(sim["lengths"].sum()), "mean_correct": round(float(sim["response"].mean()), 6),
             "files": counts, "truth_file": TRUTH_FILE}
-    write_text_atomic(out_dir / "synthetic.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
+    write_bytes_atomic(out_dir / "synthetic.json", (json.dumps(info, indent=2, sort_keys=True) + "\n").encode())
     return info

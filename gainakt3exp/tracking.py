@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterator, Mapping
 
 from .errors import ConfigError, RunNotFoundError, TrackingError
+from .files import PARTIAL_NAME, write_bytes_atomic
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT_ENV = "GAKT_EXPERIMENT_NAME"
@@ -254,22 +255,7 @@ def publish_bytes(client, run_id: str, name: str, data: bytes) -> None:
     run = client.get_run(run_id)
     dest = _local_artifact_dir(run.info.artifact_uri)
     if dest is not None:
-        target = dest / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=PARTIAL_SUFFIX)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(tmp, 0o644)  # mkstemp makes 0600; artifacts are read by the UI/server, maybe as another user
-            os.replace(tmp, target)
-        except BaseException:  # a failed or interrupted write leaves the old artifact and no temp file
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        write_bytes_atomic(dest / name, data)
         return
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / Path(name).name
@@ -282,11 +268,6 @@ def publish_file(client, run_id: str, name: str, path: Path) -> None:
     publish_bytes(client, run_id, name, Path(path).read_bytes())
 
 
-# publish_bytes' temp files: "." + the artifact's name + "." + mkstemp's 8 random characters + PARTIAL_SUFFIX.
-PARTIAL_SUFFIX = ".gakt-partial"
-_PARTIAL_ARTIFACT = re.compile(r"\..+\.[a-z0-9_]{8}" + re.escape(PARTIAL_SUFFIX))
-
-
 def partial_artifacts(artifact_uri: str) -> list[Path]:
     """Temp files publish_bytes left in a local artifact folder because its process died mid-write (kill -9).
     Only a run whose process is known to be gone may have them removed (a live one may be mid-write); a server
@@ -294,7 +275,7 @@ def partial_artifacts(artifact_uri: str) -> list[Path]:
     root = _local_artifact_dir(artifact_uri)
     if root is None or not root.is_dir():
         return []
-    return sorted(p for p in root.rglob(".*") if p.is_file() and _PARTIAL_ARTIFACT.fullmatch(p.name))
+    return sorted(p for p in root.rglob(".*") if p.is_file() and PARTIAL_NAME.fullmatch(p.name))
 
 
 def _local_artifact_dir(artifact_uri: str) -> Path | None:

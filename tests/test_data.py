@@ -383,7 +383,7 @@ def test_concurrent_registrations_all_land(registry):
         assert pool.map(_register, [(n, registry) for n in names]) == [True] * 6
     config = json.loads(registry.read_text())
     assert set(names) <= set(config) and {"assist2015", "synthetic"} <= set(config)
-    assert not list(registry.parent.glob(".data_config.json.*.tmp"))
+    assert not list(registry.parent.glob(".data_config.json.*.gakt-partial"))
 
 
 def test_a_registry_that_is_not_an_object_of_entries_is_refused(tmp_path):

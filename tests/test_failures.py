@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from gainakt3exp import runner, tracking
+from gainakt3exp import files, runner, tracking
 from gainakt3exp.experiment import config_params, read_config
 from gainakt3exp.params import format_value, parse_param_strings, resolve_params
 
@@ -203,7 +203,7 @@ def test_a_failed_artifact_write_keeps_the_old_artifact_and_no_temp_file(store, 
         raise OSError(28, "No space left on device")
 
     with monkeypatch.context() as patch:
-        patch.setattr(tracking.os, failing, boom)
+        patch.setattr(files.os, failing, boom)
         with pytest.raises(OSError, match="No space left"):
             tracking.publish_bytes(client, run_id, "model_best.pth", b"epoch-2 weights, never complete")
     folder = _artifact_dir(client, run_id)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from mlflow.entities import Metric
 
-from gainakt3exp import runs, tracking
+from gainakt3exp import files, runs, tracking
 
 _ids = itertools.count(420001)
 _names = itertools.count(1)
@@ -162,10 +162,10 @@ def test_publish_bytes_temp_files_match_the_partial_pattern(client, experiment, 
         seen.append(Path(src).name)
         raise OSError("disk full")
 
-    monkeypatch.setattr(tracking.os, "replace", failing_replace)
+    monkeypatch.setattr(files.os, "replace", failing_replace)
     with pytest.raises(OSError):
         tracking.publish_bytes(client, rid, "model_best.pth", b"x")
-    assert len(seen) == 1 and tracking._PARTIAL_ARTIFACT.fullmatch(seen[0]), seen
+    assert len(seen) == 1 and files.PARTIAL_NAME.fullmatch(seen[0]), seen
 
 
 def test_live_process_on_this_host_is_not_stale(client, experiment):
