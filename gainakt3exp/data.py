@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 import os
 import warnings
 import zipfile
@@ -27,6 +26,7 @@ import torch
 
 from gainakt3exp.errors import ConfigError, DataError
 from gainakt3exp.files import write_bytes_atomic
+from gainakt3exp.params import read_data_config
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 REQUIRED_COLUMNS = ("fold", "uid", "concepts", "responses", "selectmasks")
@@ -50,18 +50,14 @@ class Batch:
 
 # ----------------------------------------------------------------------------------------------- registry
 
+def data_config_path(path: Path | None = None) -> Path:
+    """The registry file: `path`, or <repo>/configs/data_config.json."""
+    return Path(path) if path is not None else CONFIG_DIR / "data_config.json"
+
+
 def load_data_config(path: Path | None = None) -> dict:
-    """Read the pyKT-compatible data set registry (default: <repo>/configs/data_config.json)."""
-    path = Path(path) if path is not None else CONFIG_DIR / "data_config.json"
-    try:
-        config = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"data config {path} does not exist; restore configs/data_config.json") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"data config {path} is not valid JSON (line {e.lineno}: {e.msg}); fix the file") from None
-    if not isinstance(config, dict) or not all(isinstance(v, dict) for v in config.values()):
-        raise ConfigError(f"data config {path} must be a JSON object of data set name -> entry; fix the file")
-    return config
+    """Read the pyKT-compatible data set registry (params.read_data_config checks its shape)."""
+    return read_data_config(data_config_path(path))
 
 
 @dataclass(frozen=True)
@@ -94,7 +90,7 @@ def dataset_spec(dataset: str, data_root: str | Path) -> DatasetSpec:
     """Look `dataset` up in the registry and check its folder and files exist under `data_root` (cwd-relative)."""
     config = load_data_config()
     if dataset not in config:
-        raise ConfigError(f"dataset {dataset!r} is not in {CONFIG_DIR / 'data_config.json'}; "
+        raise ConfigError(f"dataset {dataset!r} is not in {data_config_path()}; "
                           f"known datasets: {', '.join(sorted(config))}")
     entry = config[dataset]
     root = Path(data_root).expanduser()

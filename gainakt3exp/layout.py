@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gainakt3exp.data import CONFIG_DIR, REQUIRED_COLUMNS, first_bad_row, load_data_config, parse_lists
+from gainakt3exp.data import REQUIRED_COLUMNS, data_config_path, first_bad_row, load_data_config, parse_lists
 from gainakt3exp.errors import ConfigError, DataError
 from gainakt3exp.files import write_bytes_atomic
 
@@ -190,28 +190,29 @@ def imported_entry(dpath: str, num_c: int, maxlen: int, min_seq_len: int) -> dic
             "test_window_file": "test_window_sequences.csv"}
 
 
-def check_new_dataset(name: str, entry: dict, path: Path | None = None) -> bool:
-    """Refuse a name that is malformed or registered with another entry; True when the same entry is there."""
-    path = Path(path) if path is not None else CONFIG_DIR / "data_config.json"
+def check_new_dataset(name: str, entry: dict, path: Path | None = None) -> dict:
+    """Refuse a name that is malformed or registered with another entry; returns the registry as read (the
+    name is in it when the same entry is already there)."""
+    path = data_config_path(path)
     if not _DATASET_NAME.fullmatch(name):
         raise ConfigError(f"dataset name {name!r} is not allowed; use letters, digits, '_', '-' and '.' "
                           "(starting with a letter or digit)")
-    existing = load_data_config(path).get(name)
-    if existing is not None and existing != entry:
+    config = load_data_config(path)
+    if name in config and config[name] != entry:
         raise ConfigError(f"dataset {name!r} is already in {path} with another entry; choose another name "
                           "or remove that entry first")
-    return existing is not None
+    return config
 
 
 def register_dataset(name: str, entry: dict, path: Path | None = None) -> bool:
     """Add `name: entry` to the registry (locked against concurrent registrations, written atomically, other
     entries kept). Returns False if the same entry was already there."""
-    path = Path(path) if path is not None else CONFIG_DIR / "data_config.json"
+    path = data_config_path(path)
     with open(path.with_name(f".{path.name}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # read-modify-write: a concurrent registration would be lost
-        if check_new_dataset(name, entry, path):
+        config = check_new_dataset(name, entry, path)
+        if name in config:
             return False
-        config = load_data_config(path)
         config[name] = entry
         write_bytes_atomic(path, format_registry(config).encode())
         return True

@@ -300,8 +300,21 @@ def _check_heads(p: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+def read_data_config(path: Path) -> dict:
+    """The data set registry at `path` (data.load_data_config gives the default path), its shape checked."""
+    try:
+        config = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"data config {path} does not exist; restore configs/data_config.json") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"data config {path} is not valid JSON (line {e.lineno}: {e.msg}); fix the file") from None
+    if not isinstance(config, dict) or not all(isinstance(v, dict) for v in config.values()):
+        raise ConfigError(f"data config {path} must be a JSON object of data set name -> entry; fix the file")
+    return config
+
+
 def _check_dataset(p: Mapping[str, Any]) -> list[str]:
-    config = json.loads((CONFIG_DIR / "data_config.json").read_text())
+    config = read_data_config(CONFIG_DIR / "data_config.json")
     if p["dataset"] not in config:
         return [f"dataset={p['dataset']!r}: unknown; known datasets in configs/data_config.json: {', '.join(config)}"]
     entry = config[p["dataset"]]

@@ -329,7 +329,6 @@ def registry(tmp_path, monkeypatch):
     config_dir.mkdir()
     (config_dir / "data_config.json").write_text((data.CONFIG_DIR / "data_config.json").read_text())
     monkeypatch.setattr(data, "CONFIG_DIR", config_dir)
-    monkeypatch.setattr(layout, "CONFIG_DIR", config_dir)
     return config_dir / "data_config.json"
 
 
