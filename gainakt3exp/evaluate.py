@@ -9,8 +9,6 @@ artifacts eval_results.json, config_eval.json, metrics_epoch_eval.csv.
 """
 from __future__ import annotations
 
-import csv
-import io
 import os
 import sys
 import time
@@ -57,12 +55,12 @@ def evaluate_model(params: dict, checkpoint: dict, *, max_correlation_students: 
 def evaluate_run(client, ref: str, *, max_correlation_students: int | None = None, batch_size: int | None = None,
                  device: str | None = None, echo=print) -> dict:
     """Evaluate a run (id or 6-digit id) and record the results in it. Options left None take the run's values."""
-    from .train import load_checkpoint
+    from .train import metrics_csv
 
     run = tracking.resolve_run(client, ref)
     run_id = run.info.run_id
     params = parse_param_strings(tracking.read_params(run))
-    checkpoint = _read_checkpoint(client, run_id, load_checkpoint)
+    checkpoint = _read_checkpoint(client, run_id)
     if checkpoint["params"] != params:
         diffs = sorted(k for k in params if checkpoint["params"].get(k) != params[k])
         raise ReproError(f"model_best.pth of run {run_id} was trained with other parameters than the run logs "
@@ -83,11 +81,8 @@ def evaluate_run(client, ref: str, *, max_correlation_students: int | None = Non
                    "overridden": {k: v for k, v in settings.items() if v != params[k]}}
     tracking.publish_bytes(client, run_id, "eval_results.json", tracking.json_bytes(results))
     tracking.publish_bytes(client, run_id, "config_eval.json", tracking.json_bytes(config_eval))
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["epoch", *sorted(metrics)])
-    writer.writerow([checkpoint["epoch"], *[metrics[k] for k in sorted(metrics)]])
-    tracking.publish_bytes(client, run_id, "metrics_epoch_eval.csv", buffer.getvalue().encode())
+    csv_text = metrics_csv([{"epoch": checkpoint["epoch"], **metrics}])
+    tracking.publish_bytes(client, run_id, "metrics_epoch_eval.csv", csv_text.encode())
     sink.set_tags({"gakt.evaluated": "true"})
     _tag_entry_point_run(client, run_id, metrics, checkpoint["epoch"])
     return results
@@ -96,8 +91,10 @@ def evaluate_run(client, ref: str, *, max_correlation_students: int | None = Non
 _CHECKPOINT_KEYS = ("state_dict", "params", "num_c", "epoch", "val_auc")
 
 
-def _read_checkpoint(client, run_id: str, load_checkpoint) -> dict:
+def _read_checkpoint(client, run_id: str) -> dict:
     """model_best.pth of the run, loaded weights-only: a corrupt or code-carrying file is refused, never executed."""
+    from .train import load_checkpoint
+
     raw = tracking.download_text(client, run_id, "model_best.pth")
     try:
         checkpoint = load_checkpoint(raw)

@@ -163,7 +163,7 @@ def _pad(t: torch.Tensor, width: int, value: float) -> torch.Tensor:
     return F.pad(t, (0, width - t.shape[1]), value=value)
 
 
-_OPTIONAL = ("logits", "mastery_mean", "gain_mean", "target_mastery", "current_mastery", "truth", "mastery_row_mean",
+_OPTIONAL = ("logits", "mastery_mean", "gain_mean", "target_mastery", "truth", "mastery_row_mean",
              "mastery_row_m2")
 
 
@@ -179,8 +179,8 @@ def collect_outputs(model: torch.nn.Module, seqs: Any, rows: np.ndarray, batch_s
     to its longest row); each batch is reduced at once, so memory is O(R x (L + C)), never (R, L, C).
     Returns per-row tensors (dim 0 = rows in the given order; (R, L) ones padded to the widest row), on the CPU:
       rows (R,) long; mask, score (R, L) bool; y, logits (R, L) float;
-      mastery_mean M_t = mean_k m_t[k], gain_mean G_t = mean_k g_t[k], target_mastery m_t[q_t],
-      current_mastery m_t[c_t] (R, L) float, None when the head is off; truth (R, L) (NaN = none) or None;
+      mastery_mean M_t = mean_k m_t[k], gain_mean G_t = mean_k g_t[k], target_mastery m_t[q_t] (R, L) float,
+      None when the head is off; truth (R, L) (NaN = none) or None;
       mastery_row_mean, mastery_row_m2 (R, C) float64: per row and skill, mean and sum of squared
       deviations of m over the row's valid steps (pooled by mastery_variance_stats), or None;
       violations {name: (count (R,), opportunities (R,))} (see count_violations).
@@ -212,7 +212,6 @@ def collect_outputs(model: torch.nn.Module, seqs: Any, rows: np.ndarray, batch_s
                 if m is not None:
                     keep["mastery_mean"] = m.mean(-1)
                     keep["target_mastery"] = m.gather(-1, b.q.unsqueeze(-1)).squeeze(-1)
-                    keep["current_mastery"] = m.gather(-1, b.c.unsqueeze(-1)).squeeze(-1)
                     keep["mastery_row_mean"], keep["mastery_row_m2"] = _row_moments(m, b.mask)
                 if g is not None:
                     keep["gain_mean"] = g.mean(-1)

@@ -148,7 +148,9 @@ def _record_run(client, run_id: str, resolved, data) -> None:
                                            tags.get(tracking.TAG_EXP_ID) or experiment.new_experiment_id(client))
     exp_id = tags.get(tracking.TAG_EXP_ID, exp_id)
     title = tags.get(tracking.TAG_TITLE, title)
-    hashes = experiment.data_hashes(params)
+    from .data import file_hashes
+
+    hashes = file_hashes(data.spec)  # the files training just loaded
     code = experiment.code_version()
     if tracking.has_artifact(client, run_id, CONFIG_NAME):
         config, _raw = experiment.read_config(client, run_id)
@@ -188,7 +190,9 @@ def _record_run(client, run_id: str, resolved, data) -> None:
 
 
 def _store_results(client, run_id: str, results: dict) -> None:
-    csv_text = results.pop("metrics_epoch_csv")
+    from .train import metrics_csv
+
+    csv_text = metrics_csv(results["train_history"]["epochs"])
     tracking.publish_bytes(client, run_id, "metrics_epoch.csv", csv_text.encode())
     tracking.publish_bytes(client, run_id, "results.json", tracking.json_bytes(results))
     png = trajectory_png(results["train_history"]["semantic_trajectory"])

@@ -210,7 +210,6 @@ def train_model(
         "last_epoch": history[-1]["epoch"] if history else 0,
         "stopped_early": stopped_early,
         "train_history": {"semantic_trajectory": history, "epochs": rows},
-        "metrics_epoch_csv": metrics_csv(rows),
     }
 
 
