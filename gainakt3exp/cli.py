@@ -211,16 +211,15 @@ def runs_cmd(limit: int, stale: bool, older_than, mark: bool, latest_id: bool, e
       gakt-runs --stale --mark
     """
     from . import tracking
-    from .errors import RunNotFoundError
-    from .runs import find_stale_runs, format_runs, format_stale, list_runs, mark_stale_runs
+    from .runs import find_stale_runs, format_runs, format_stale, latest_training_exp_id, list_runs, mark_stale_runs
 
-    client = tracking.connect()
     if mark and not stale:
         raise click.UsageError("--mark goes with --stale")
+    client = tracking.connect()
     name = tracking.experiment_name(experiment) if experiment else None
     if stale:
         found = find_stale_runs(client, older_than if older_than is not None else float("inf"), name)
-        click.echo(format_stale(found) if found else "no stale runs")
+        click.echo(format_stale(found))
         if mark and found:
             click.echo(f"marked {mark_stale_runs(client, found)} run(s) KILLED (outcome 'stale')")
             for item in found:
@@ -229,14 +228,10 @@ def runs_cmd(limit: int, stale: bool, older_than, mark: bool, latest_id: bool, e
                 for path in item.get("kept_partials", []):
                     click.echo(f"could not remove the unfinished artifact write {path}; delete it by hand")
         return
-    rows = list_runs(client, limit, name)
     if latest_id:
-        originals = [r for r in rows if r["kind"] == "train"]
-        if not originals:
-            raise RunNotFoundError("no training run yet; start one with gakt-launch")
-        click.echo(originals[0]["exp_id"])
+        click.echo(latest_training_exp_id(client, name))
         return
-    click.echo(format_runs(rows))
+    click.echo(format_runs(list_runs(client, limit, name)))
 
 
 @main.group("data", context_settings=_CONTEXT)

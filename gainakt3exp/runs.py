@@ -94,14 +94,13 @@ def best_val_auc(client, run) -> float | None:
     return max(values) if values else None
 
 
-def reproduction_state(client, run) -> str:
-    """For an original, from its latest reproduction: '-' (never reproduced), 'matched' / 'differs' (tags
-    gakt.best_val_auc of both equal or not; the full check is gakt-compare), else the reproduction's outcome
-    while it has no best val AUC ('running', 'failed', 'killed', 'stale', ...), or '?' when the original has none."""
-    repros = tracking.search_runs(client, f"tags.`{tracking.TAG_REPRO_OF}` = '{run.info.run_id}'", max_results=50)
-    if not repros:
+def reproduction_state(run, latest) -> str:
+    """For an original, from its latest reproduction `latest` (None if none): '-' (never reproduced), 'matched' /
+    'differs' (tags gakt.best_val_auc of both equal or not; the full check is gakt-compare), else the
+    reproduction's outcome while it has no best val AUC ('running', 'failed', 'killed', 'stale', ...), or '?'
+    when the original has none."""
+    if latest is None:
         return "-"
-    latest = max(repros, key=lambda r: r.info.start_time or 0)
     mine, theirs = _float(run.data.tags.get(TAG_BEST_VAL_AUC)), _float(latest.data.tags.get(TAG_BEST_VAL_AUC))
     if theirs is None:
         return latest.data.tags.get(tracking.TAG_OUTCOME) or latest.info.status.lower()
@@ -127,6 +126,7 @@ def list_runs(client, limit: int = 20, experiment_name: str | None = None) -> li
     if not isinstance(limit, int) or limit < 1:
         raise ConfigError(f"limit {limit!r}: must be a whole number >= 1, e.g. --limit 20")
     rows = []
+    latest_repro: dict[str, object] = {}  # original run id -> its newest reproduction
     for run in _iter_runs(client, _experiment_ids(client, experiment_name)):
         if is_evaluation(run):
             continue
@@ -134,6 +134,8 @@ def list_runs(client, limit: int = 20, experiment_name: str | None = None) -> li
         kind = kind_of(run)
         val = latest.get("val/auc")
         repro_of = tags.get(tracking.TAG_REPRO_OF)
+        if repro_of:  # newest first, and a reproduction starts after its original (same experiment): seen first
+            latest_repro.setdefault(repro_of, run)
         rows.append({
             "run_id": run.info.run_id, "run_name": run.info.run_name, "exp_id": tags.get(tracking.TAG_EXP_ID, "-"),
             "short_title": tags.get(tracking.TAG_TITLE, "-"), "kind": kind, "status": run.info.status,
@@ -141,12 +143,21 @@ def list_runs(client, limit: int = 20, experiment_name: str | None = None) -> li
             "started": _when(run.info.start_time), "best_val_auc": best_val_auc(client, run),
             "epochs": int(val.step) if val is not None else 0,
             "test_auc": run.data.metrics.get("eval/test_auc"),
-            "reproduced": "" if repro_of else reproduction_state(client, run),
+            "reproduced": "" if repro_of else reproduction_state(run, latest_repro.get(run.info.run_id)),
             "reproduction_of": repro_of,
         })
         if len(rows) >= limit:
             break
     return rows
+
+
+def latest_training_exp_id(client, experiment_name: str | None = None) -> str:
+    """The 6-digit id of the newest training run (not a reproduction or evaluation): what `--latest_id` prints.
+    Reads only run tags, never metric histories."""
+    for run in _iter_runs(client, _experiment_ids(client, experiment_name)):
+        if not is_evaluation(run) and kind_of(run) == "train":
+            return run.data.tags.get(tracking.TAG_EXP_ID, "-")
+    raise RunNotFoundError("no training run yet; start one with gakt-launch")
 
 
 _COLUMNS = (("exp_id", "id", 6), ("short_title", "title", 16), ("kind", "kind", 5), ("status", "status", 8),

@@ -16,6 +16,7 @@ import pytest
 from mlflow.entities import Metric
 
 from gainakt3exp import files, runs, tracking
+from gainakt3exp.errors import RunNotFoundError
 
 _ids = itertools.count(420001)
 _names = itertools.count(1)
@@ -95,8 +96,6 @@ def test_list_skips_evaluation_runs_and_honours_limit(client, experiment):
 
 
 def test_unknown_experiment_name_is_a_clear_error(client):
-    from gainakt3exp.errors import RunNotFoundError
-
     with pytest.raises(RunNotFoundError, match="experiment 'nope' does not exist"):
         runs.list_runs(client, experiment_name="nope")
 
@@ -223,3 +222,16 @@ def test_reproduction_without_result_shows_its_outcome(client, experiment):
     make_run(client, eid, kind="repro", status="RUNNING", tags={tracking.TAG_REPRO_OF: done}, start_time=2_000_000)
     row = next(r for r in runs.list_runs(client, experiment_name=name) if r["run_id"] == done)
     assert row["reproduced"] == "running"
+
+
+def test_latest_training_id_skips_reproductions_and_evaluations(client, experiment):
+    name, eid = experiment
+    with pytest.raises(RunNotFoundError, match="no training run yet"):
+        runs.latest_training_exp_id(client, name)
+    base = int(time.time() * 1000)
+    original = make_run(client, eid, exp_id="555001", start_time=base)
+    make_run(client, eid, exp_id="555002", start_time=base + 1000)
+    make_run(client, eid, exp_id="555002", kind="repro", start_time=base + 2000,
+             tags={tracking.TAG_REPRO_OF: original})
+    make_run(client, eid, exp_id="555002", kind="eval", start_time=base + 3000)
+    assert runs.latest_training_exp_id(client, name) == "555002"
