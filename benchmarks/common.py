@@ -218,9 +218,8 @@ def build_training(params: dict) -> Training:
     data = train_mod.load_train_data(params)
     load_seconds = time.perf_counter() - start
     model = GainAKT3Exp.from_params(params, data.spec.num_c).to(device)
-    optim_cls = torch.optim.AdamW if params["optimizer"] == "AdamW" else torch.optim.Adam
-    optimizer = optim_cls(model.parameters(), lr=params["learning_rate"], weight_decay=params["weight_decay"])
-    return Training(device, runtime, data, model, optimizer, Objective(params), load_seconds)
+    return Training(device, runtime, data, model, train_mod.build_optimizer(model, params), Objective(params),
+                    load_seconds)
 
 
 OBJECTIVE_STATES = ("all-on", "first-epoch")

@@ -105,7 +105,7 @@ def main(argv=None) -> None:
     batches = epoch_batches(full.train, p["batch_size"], p["seed"])
     train = subset(full.train, np.concatenate(batches[:args.batches])) if args.batches > 0 else full.train
     data = train_mod.TrainData(full.spec, train, full.valid)
-    full_interactions = int(np.clip(full.train.lengths - 1, 0, None).sum())
+    full_interactions = data_mod.num_interactions(full.train)
 
     tmp = Path(tempfile.mkdtemp(prefix="gakt-bench-store-"))
     clock = _Clock()
@@ -237,7 +237,7 @@ def main(argv=None) -> None:
             "run_seconds": run_t.wall,
         }
         if not results["full_epoch"]:
-            measured = int(np.clip(train.lengths - 1, 0, None).sum())
+            measured = data_mod.num_interactions(train)
             full_epoch = wall + train_s * (full_interactions / measured - 1)
             results["projected_full_epoch_seconds"] = full_epoch
             results["projected_overhead_percent_of_full_epoch"] = 100 * overhead / full_epoch

@@ -223,8 +223,6 @@ def read_params(run) -> dict:
             out[key] = parts[0] if len(parts) == 1 else value
         except ValueError:
             out[key] = value
-        if value == "''" or value == '""':
-            out[key] = ""
     return out
 
 
@@ -262,10 +260,6 @@ def publish_bytes(client, run_id: str, name: str, data: bytes) -> None:
         path.write_bytes(data)
         sub = str(Path(name).parent) if Path(name).parent != Path(".") else None
         client.log_artifact(run_id, str(path), sub)
-
-
-def publish_file(client, run_id: str, name: str, path: Path) -> None:
-    publish_bytes(client, run_id, name, Path(path).read_bytes())
 
 
 def partial_artifacts(artifact_uri: str) -> list[Path]:

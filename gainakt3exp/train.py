@@ -73,6 +73,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def build_optimizer(model: torch.nn.Module, params: dict) -> torch.optim.Optimizer:
+    """Adam or AdamW (params optimizer) with the run's learning_rate and weight_decay."""
+    optim_cls = torch.optim.AdamW if params["optimizer"] == "AdamW" else torch.optim.Adam
+    return optim_cls(model.parameters(), lr=params["learning_rate"], weight_decay=params["weight_decay"])
+
+
 def seed_everything(params: dict, device: torch.device) -> dict:
     """Seed python, numpy and torch; switch on deterministic algorithms. Returns the facts to record."""
     seed = params["seed"]
@@ -134,8 +140,7 @@ def train_model(
     data = data or load_train_data(params)
     num_c = data.spec.num_c
     model = GainAKT3Exp.from_params(params, num_c).to(device)
-    optim_cls = torch.optim.AdamW if params["optimizer"] == "AdamW" else torch.optim.Adam
-    optimizer = optim_cls(model.parameters(), lr=params["learning_rate"], weight_decay=params["weight_decay"])
+    optimizer = build_optimizer(model, params)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max", factor=params["lr_plateau_factor"], patience=params["lr_plateau_patience"])
     objective = Objective(params)
