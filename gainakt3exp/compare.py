@@ -39,8 +39,8 @@ def is_info_metric(key: str) -> bool:
 def latest_reproduction(client, original):
     """The newest run (by start_time) tagged gakt.reproduction_of = original's run id, or None."""
     run_id = original.info.run_id
-    runs = tracking.search_runs(client, f"tags.`{tracking.TAG_REPRO_OF}` = '{run_id}'")
-    return max(runs, key=lambda r: r.info.start_time or 0) if runs else None
+    runs = tracking.search_runs(client, f"tags.`{tracking.TAG_REPRO_OF}` = '{run_id}'", max_results=1)
+    return runs[0] if runs else None  # search_runs lists newest first
 
 
 def _pick_runs(client, ref: str, repro: str | None):

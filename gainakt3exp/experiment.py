@@ -23,7 +23,7 @@ from pathlib import Path
 
 from . import tracking
 from .errors import ConfigError, ReproError
-from .params import Defaults, Resolved, defaults_md5, format_value, load_defaults, parse_value
+from .params import Defaults, Resolved, defaults_md5, format_value, kind_of, load_defaults, parse_value
 
 PROJECT_ROOT = tracking.PROJECT_ROOT
 CONFIG_NAME = "config.json"
@@ -38,10 +38,14 @@ def check_short_title(title: str) -> str:
     return title
 
 
+def _random_exp_id() -> str:
+    return f"{secrets.randbelow(900000) + 100000}"
+
+
 def new_experiment_id(client) -> str:
     """A fresh 6-digit id no run of the store carries yet."""
     for _ in range(50):
-        candidate = f"{secrets.randbelow(900000) + 100000}"
+        candidate = _random_exp_id()
         if not tracking.search_runs(client, f"tags.`{tracking.TAG_EXP_ID}` = '{candidate}'", max_results=1):
             return candidate
     raise ConfigError("could not find an unused 6-digit experiment id after 50 tries")
@@ -198,19 +202,13 @@ def compare_logged(logged: dict, params: dict) -> list[str]:
         got = logged.get(key)
         if key in params and got is not None:
             try:
-                if parse_value(key, got, _kind(params[key])) == params[key]:
+                if parse_value(key, got, kind_of(params[key])) == params[key]:
                     continue
             except ValueError:
                 pass
         if got != want:
             diffs.append(f"'{key}': logged {got!r}, config.json {want!r}")
     return diffs
-
-
-def _kind(value) -> str:
-    from .params import kind_of
-
-    return kind_of(value)
 
 
 def execute(command: list[str]) -> int:
@@ -262,7 +260,7 @@ def launch(overrides: dict, profiles: list[str], short_title: str, experiment: s
     check_data(resolved.params)  # a missing or malformed data set stops here, before any run exists
     name = tracking.experiment_name(experiment)
     if dry_run:
-        exp_id = f"{secrets.randbelow(900000) + 100000}"
+        exp_id = _random_exp_id()
         echo(_env_prefix() + shlex.join(train_command(resolved.params, name, make_run_name(short_title, exp_id))))
         return 0
     client = tracking.connect()
@@ -307,7 +305,7 @@ def reproduce(ref: str, echo=print, evaluate: bool = False) -> int:
     tags = original.data.tags
     exp_id = tags.get(tracking.TAG_EXP_ID) or config.get("experiment_id", "")
     title = tags.get(tracking.TAG_TITLE) or config.get("short_title", "run")
-    run_name = f"{_dt.datetime.now():%Y%m%d_%H%M%S}_gainakt3exp_{title}_{exp_id}_repro"
+    run_name = make_run_name(title, exp_id) + "_repro"
     new = client.create_run(original.info.experiment_id, run_name=run_name, tags={
         tracking.TAG_REPRO_OF: run_id, tracking.TAG_EXP_ID: exp_id, tracking.TAG_TITLE: title,
         tracking.TAG_KIND: "repro", tracking.TAG_OUTCOME: "pending"})
