@@ -39,8 +39,13 @@ from .trajectory import epoch_metric_dict, loss_shares, trajectory_entry
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-class Interrupted(Exception):
-    """SIGTERM/SIGINT during training: the run is marked KILLED, what was written stays."""
+class Interrupted(BaseException):
+    """SIGTERM during training: the run is marked KILLED, what was written stays.
+
+    A BaseException, like KeyboardInterrupt: the signal handler raises it wherever the process is, and inside a
+    library call (MLflow's SQL session turns any Exception into an MlflowException) it must pass through
+    unwrapped, or a kill during a metric write would look like a crash.
+    """
 
 
 @dataclass

@@ -235,3 +235,14 @@ def test_latest_training_id_skips_reproductions_and_evaluations(client, experime
              tags={tracking.TAG_REPRO_OF: original})
     make_run(client, eid, exp_id="555002", kind="eval", start_time=base + 3000)
     assert runs.latest_training_exp_id(client, name) == "555002"
+
+
+def test_a_sigterm_inside_an_mlflow_write_stays_an_interruption(client, experiment):
+    """The SIGTERM handler raises Interrupted wherever the process is; inside MLflow's SQL session (which wraps any
+    Exception in MlflowException) it must come out as Interrupted, so the run is marked KILLED, not FAILED."""
+    from gainakt3exp.train import Interrupted
+
+    store = client._tracking_client.store
+    with pytest.raises(Interrupted, match="received SIGTERM"):
+        with store.ManagedSessionMaker(read_only=False):
+            raise Interrupted("received SIGTERM")
