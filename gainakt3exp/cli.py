@@ -180,7 +180,7 @@ def eval_cmd(run: str, max_correlation_students, batch_size, device) -> None:
       gakt-eval 423891
     """
     from . import tracking
-    from .evaluate import evaluate_run
+    from .runner import evaluate_run
 
     results = evaluate_run(tracking.connect(), run, max_correlation_students=max_correlation_students,
                            batch_size=batch_size, device=device, echo=lambda m: click.echo(m, err=True))

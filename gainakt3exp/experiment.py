@@ -317,7 +317,7 @@ def reproduce(ref: str, echo=print, evaluate: bool = False) -> int:
     status = execute(command)
     echo(f"reproduction run {new_id} exited with status {status}; compare with: gakt-compare {exp_id}")
     if status == 0 and evaluate:
-        from .evaluate import evaluate_run
+        from .runner import evaluate_run
 
         evaluate_run(client, new_id, echo=echo)
     return status

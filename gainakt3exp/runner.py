@@ -1,12 +1,17 @@
-"""The MLproject `main` entry point: typed parameters in, one tracked MLflow run out.
+"""The MLproject entry points: typed parameters in, one tracked MLflow run out; evaluation recorded in a run.
 
-    python -m gainakt3exp.train --dataset synthetic --data_root data --fold 0 ... (all 65 parameters, no defaults)
+    python -m gainakt3exp.runner train --dataset synthetic --data_root data --fold 0 ... (all parameters, no defaults)
+    python -m gainakt3exp.runner eval --run 423891
 
-Under `mlflow run` this attaches to the run MLflow created (MLFLOW_RUN_ID) and does not re-log the parameters it
-logged; run directly it creates a run itself. It writes config.json (or checks the one a reproduction placed),
-tags the run, trains, and stores model_best.pth, results.json, metrics_epoch.csv and trajectory.png.
-Ctrl-C / SIGTERM marks the run KILLED, a crash FAILED; `gakt.outcome` keeps the truth even where `mlflow run`
-later overwrites the status.
+`train` (the `main` entry point): under `mlflow run` this attaches to the run MLflow created (MLFLOW_RUN_ID) and
+does not re-log the parameters it logged; run directly it creates a run itself. It writes config.json (or checks
+the one a reproduction placed), tags the run, trains (train.train_model, which never imports mlflow), and stores
+model_best.pth, results.json, metrics_epoch.csv and trajectory.png. Ctrl-C / SIGTERM marks the run KILLED, a
+crash FAILED; `gakt.outcome` keeps the truth even where `mlflow run` later overwrites the status.
+
+`eval` (the `eval` entry point, also `gakt-eval`): rebuilds the model from the run's logged parameters (so
+architecture mismatches cannot happen), loads model_best.pth weights-only, runs evaluate.evaluate_model and
+records metrics `eval/<split>_<name>` and eval_results.json, config_eval.json, metrics_epoch_eval.csv in the run.
 """
 from __future__ import annotations
 
@@ -39,14 +44,10 @@ def build_train_command() -> click.Command:
     options = [click.Option([f"--{key}"], required=True, type=str, help=meanings.get(key, ""))
                for key in load_defaults().values]
     return click.Command(
-        "python -m gainakt3exp.train", params=options, callback=_train_callback,
+        "train", params=options, callback=_train_callback,
         help="Train GainAKT3Exp as one MLflow run. Every parameter is required (see configs/parameters.csv); "
              "gakt-launch and `mlflow run .` fill them in.\n\nExample: gakt-launch --dry_run --short_title demo "
              "--profile quickstart prints a complete command.")
-
-
-def train_cli(argv=None) -> None:
-    build_train_command().main(args=argv, prog_name="python -m gainakt3exp.train", standalone_mode=True)
 
 
 def _train_callback(**strings) -> None:
@@ -230,3 +231,100 @@ def trajectory_png(trajectory: list[dict]) -> bytes:
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
     return buffer.getvalue()
+
+
+# --- evaluation ------------------------------------------------------------------------------------------------
+
+
+def evaluate_run(client, ref: str, *, max_correlation_students: int | None = None, batch_size: int | None = None,
+                 device: str | None = None, echo=print) -> dict:
+    """Evaluate a run (id or 6-digit id) and record the results in it. Options left None take the run's values."""
+    from .evaluate import evaluate_model
+    from .train import metrics_csv
+
+    run = tracking.resolve_run(client, ref)
+    run_id = run.info.run_id
+    params = parse_param_strings(tracking.read_params(run))
+    checkpoint = _read_checkpoint(client, run_id)
+    if checkpoint["params"] != params:
+        diffs = sorted(k for k in params if checkpoint["params"].get(k) != params[k])
+        raise ReproError(f"model_best.pth of run {run_id} was trained with other parameters than the run logs "
+                         f"({', '.join(diffs)}); the artifact was replaced — re-train the run")
+    settings = {
+        "max_correlation_students": max_correlation_students or params["max_correlation_students"],
+        "batch_size": batch_size or params["batch_size"],
+        "device": device or params["device"],
+    }
+    echo(f"evaluating run {run_id} (best epoch {checkpoint['epoch']}) with {settings}")
+    results = evaluate_model(params, checkpoint, max_correlation_students=settings["max_correlation_students"],
+                             batch_size=settings["batch_size"], device_name=settings["device"])
+    metrics = {f"eval/{k}": float(v) for k, v in results.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v}
+    sink = tracking.MlflowSink(client, run_id)
+    sink.log_metrics(metrics, step=checkpoint["epoch"])
+    config_eval = {"run_id": run_id, "settings": settings, "params": params,
+                   "overridden": {k: v for k, v in settings.items() if v != params[k]}}
+    tracking.publish_bytes(client, run_id, "eval_results.json", tracking.json_bytes(results))
+    tracking.publish_bytes(client, run_id, "config_eval.json", tracking.json_bytes(config_eval))
+    csv_text = metrics_csv([{"epoch": checkpoint["epoch"], **metrics}])
+    tracking.publish_bytes(client, run_id, "metrics_epoch_eval.csv", csv_text.encode())
+    sink.set_tags({"gakt.evaluated": "true"})
+    _tag_entry_point_run(client, run_id, metrics, checkpoint["epoch"])
+    return results
+
+
+_CHECKPOINT_KEYS = ("state_dict", "params", "num_c", "epoch", "val_auc")
+
+
+def _read_checkpoint(client, run_id: str) -> dict:
+    """model_best.pth of the run, loaded weights-only: a corrupt or code-carrying file is refused, never executed."""
+    from .train import load_checkpoint
+
+    raw = tracking.download_text(client, run_id, "model_best.pth")
+    try:
+        checkpoint = load_checkpoint(raw)
+    except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError... for bad files
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        detail = next((line for line in lines if "GLOBAL" in line),
+                      f"{type(exc).__name__}: {next((ln for ln in lines if ln.startswith('Unsupported')), lines[0])}")
+        raise ReproError(f"model_best.pth of run {run_id} is not a weights-only checkpoint ({detail[:200]}); "
+                         "nothing in it was executed. The artifact is corrupt or was replaced: re-train the run "
+                         "(gakt-repro) or restore the file") from None
+    missing = [k for k in _CHECKPOINT_KEYS if not isinstance(checkpoint, dict) or k not in checkpoint]
+    if missing:
+        raise ReproError(f"model_best.pth of run {run_id} lacks {', '.join(missing)}: not a gainakt3exp checkpoint; "
+                         "re-train the run (gakt-repro) or restore the file")
+    return checkpoint
+
+
+def _tag_entry_point_run(client, evaluated_run_id: str, metrics: dict, step: int) -> None:
+    """Under `mlflow run -e eval` MLflow made a run of its own: point it at the evaluated run and copy the numbers."""
+    own = os.environ.get("MLFLOW_RUN_ID")
+    if not own or own == evaluated_run_id:
+        return
+    sink = tracking.MlflowSink(client, own)
+    sink.set_tags({tracking.TAG_EVAL_OF: evaluated_run_id, tracking.TAG_KIND: "eval"})
+    sink.log_metrics(metrics, step=step)
+
+
+@click.command("eval")
+@click.option("--run", "ref", required=True, help="Run id or 6-digit experiment id to evaluate.")
+def _eval_entry(ref: str) -> None:
+    """The MLproject `eval` entry point: evaluate RUN with its own logged parameters."""
+    try:
+        client = tracking.connect()
+        evaluate_run(client, ref, echo=lambda m: click.echo(m, err=True))
+    except GaktError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+
+
+def main(argv=None) -> None:
+    """`python -m gainakt3exp.runner train ...` / `... eval --run R` (what MLproject's entry points run)."""
+    group = click.Group("python -m gainakt3exp.runner", commands=[build_train_command(), _eval_entry],
+                        help="The MLproject entry points: train (main) and eval.")
+    group.main(args=argv, prog_name="python -m gainakt3exp.runner", standalone_mode=True)
+
+
+if __name__ == "__main__":
+    main()

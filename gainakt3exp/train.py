@@ -1,10 +1,10 @@
-"""Training loop of GainAKT3Exp, and the MLproject `main` entry point.
+"""Training loop of GainAKT3Exp.
 
-    mlflow run . --env-manager local -P dataset=synthetic -P data_root=data ... (every parameter; see README)
-    python -m gainakt3exp.train --dataset synthetic --data_root data ... (the same, without `mlflow run`)
+    results = train_model(params, MemorySink())        # params: a complete resolved parameter dict
 
 `train_model` is pure training: it hands one dict of numbers per epoch to a sink (`sink.log_metrics(d, step)`)
-and never imports mlflow. `main` wires it to the MLflow run that `mlflow run` created (or a new one).
+and never imports mlflow or the service. runner.py (the MLproject `main` entry point) wires it to the MLflow run
+that `mlflow run` created (or a new one).
 """
 from __future__ import annotations
 
@@ -314,16 +314,3 @@ def metrics_csv(rows: list[dict]) -> str:
 
 def _num(value) -> float:
     return float("nan") if value is None else float(value)
-
-
-# --- entry point -------------------------------------------------------------------------------------------------
-
-
-def main(argv=None) -> None:
-    from .runner import train_cli
-
-    train_cli(argv)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
 """Failures during a run: SIGTERM, kill -9, a crash, and a failing artifact write leave a truthful record.
 
-Each training test starts `python -m gainakt3exp.train` with every parameter (the tiny profile, 30 epochs so it is
+Each training test starts `python -m gainakt3exp.runner train` with every parameter (the tiny profile, 30 epochs so it is
 still running), waits through the tracking API until epoch 1 and its checkpoint are stored, then stops it.
 Marked slow: each waits for one real epoch (~10-30 s on 2 shared cores).
 """
@@ -49,7 +49,7 @@ def _client(uri):
 
 def _start_training(data_root: Path, uri: str, tmp_path: Path) -> subprocess.Popen:
     params = resolve_params({"data_root": str(data_root), "epochs": 30}, ["tiny"]).params
-    argv = [sys.executable, "-m", "gainakt3exp.train"]
+    argv = [sys.executable, "-m", "gainakt3exp.runner", "train"]
     for key, value in params.items():
         argv += [f"--{key}", format_value(value)]
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "GAKT_CACHE_DIR": str(tmp_path / "cache")}

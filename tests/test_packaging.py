@@ -47,3 +47,36 @@ def test_conda_yaml_and_pyproject_pin_the_same_dependencies():
     pip_deps = next(d["pip"] for d in conda["dependencies"] if isinstance(d, dict))
     assert sorted(pip_deps) == sorted(pyproject)
     assert "torch==2.13.0" in pyproject
+
+
+# The house's direction of data flow: CLI -> service -> loops -> math -> input. Lower layers never import upper ones.
+_SERVICE = {"cli", "runner", "experiment", "study", "compare", "runs", "tracking"}
+_LOWER = ("train", "evaluate", "model", "losses", "metrics", "trajectory", "data", "layout", "params", "synthetic",
+          "files", "errors")
+
+
+def _imports(module: str) -> set[str]:
+    import ast
+
+    tree = ast.parse((ROOT / "gainakt3exp" / f"{module}.py").read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # from . import x / from .x import y
+                names |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
+            elif node.module.startswith("gainakt3exp"):
+                parts = node.module.split(".")
+                names |= {parts[1]} if len(parts) > 1 else {a.name for a in node.names}
+            else:
+                names.add(node.module.split(".")[0])
+    return names
+
+
+def test_loops_math_and_input_never_import_the_service_or_mlflow():
+    for module in _LOWER:
+        if not (ROOT / "gainakt3exp" / f"{module}.py").is_file():
+            continue
+        bad = _imports(module) & (_SERVICE | {"mlflow", "ray", "optuna"})
+        assert not bad, f"gainakt3exp/{module}.py imports {sorted(bad)}: data flows service -> loops -> math"
