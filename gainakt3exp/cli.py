@@ -260,7 +260,7 @@ def synth_cmd(out: Path, students: int, skills: int, seed: int) -> None:
     from .data import load_data_config
     from .synthetic import generate_synthetic
 
-    maxlen = load_data_config()["synthetic"]["maxlen"]  # the window width the 'synthetic' data set declares
+    maxlen = load_data_config()["synthetic"]["maxlen"]  # the window width the synthetic data sets declare (200)
     summary = generate_synthetic(out, students=students, skills=skills, seed=seed, maxlen=maxlen)
     click.echo(f"wrote {out}: " + ", ".join(f"{k} {v}" for k, v in summary.items() if not isinstance(v, dict)))
 

@@ -95,8 +95,8 @@ def dataset_spec(dataset: str, data_root: str | Path) -> DatasetSpec:
     entry = config[dataset]
     root = Path(data_root).expanduser()
     root = (root if root.is_absolute() else Path.cwd() / root) / entry["dpath"]
-    if dataset == "synthetic":
-        fix = f"generate it with `gakt-data synth --out {root} --students 1000 --skills {entry['num_c']} --seed 7`"
+    if "generate" in entry:  # built-in synthetic sets name the command that writes their files
+        fix = f"generate it with `{entry['generate'].format(root=root)}`"
     else:
         fix = (f"set data_root to the folder that holds {entry['dpath']}/ "
                f"(e.g. ../shared/data for assist2015)")

@@ -118,7 +118,7 @@ def test_a_fold_the_data_set_lacks_is_refused_listing_its_folds(synthetic_root, 
 def test_an_unknown_dataset_is_refused_listing_the_known_ones(synthetic_root, store_dir):
     result = _launch(synthetic_root, "--dataset", "nope")
     _refused(result, store_dir,
-             "dataset='nope': unknown; known datasets in configs/data_config.json: assist2015, synthetic")
+             "dataset='nope': unknown; known datasets in configs/data_config.json: assist2015, synthetic, synthetic_many")
 
 
 def test_an_unknown_profile_is_refused_listing_the_known_ones(synthetic_root, store_dir):

@@ -247,7 +247,7 @@ def test_bad_split_or_fold_is_a_config_error(tiny_dataset, split, fold, reason):
 
 
 def test_unknown_dataset_lists_known_names(tmp_path):
-    with pytest.raises(ConfigError, match="known datasets: assist2015, synthetic"):
+    with pytest.raises(ConfigError, match="known datasets: assist2015, synthetic, synthetic_many"):
         data.dataset_spec("assist2099", tmp_path)
 
 
