@@ -380,20 +380,28 @@ def make_batch(seqs: Sequences, rows, device) -> Batch:
 
     c_t = concepts[:, t], q_t = concepts[:, t+1], r_t, y_t = responses[:, t+1];
     mask mu_t = (c_t != -1) & (c_{t+1} != -1); score = mu_t & selectmask_{t+1}; truth_t = truth[:, t+1].
+    The rows' concepts, responses and selectmasks travel to the device as one tensor (pinned and non-blocking on
+    a GPU) and the fields are derived there.
     """
     idx = np.asarray(rows.cpu() if isinstance(rows, torch.Tensor) else rows, dtype=np.int64)
     assert idx.ndim == 1 and idx.size > 0, "make_batch needs a non-empty 1-d array of row indices"
     width = seqs.concepts.shape[1]
     L = min(max(int(seqs.lengths[idx].max()) - 1, 1), width - 1)
-    cc = torch.from_numpy(seqs.concepts[idx, : L + 1])  # (B, L+1)
-    rr = torch.from_numpy(seqs.responses[idx, : L + 1])
+    packed = np.empty((3, idx.size, L + 1), dtype=np.int64)  # concepts, responses, selectmasks (B, L+1)
+    packed[0] = seqs.concepts[idx, : L + 1]
+    packed[1] = seqs.responses[idx, : L + 1]
+    packed[2] = seqs.selectmasks[idx, : L + 1]
+    host = torch.from_numpy(packed)
+    truth = None if seqs.truth is None else torch.from_numpy(np.ascontiguousarray(seqs.truth[idx, 1 : L + 1]))
+    dev = torch.device(device)
+    if dev.type == "cuda":  # one pinned host-to-device copy per tensor, overlapping the previous step
+        host = host.pin_memory().to(dev, non_blocking=True)
+        truth = None if truth is None else truth.pin_memory().to(dev, non_blocking=True)
+    cc, rr, sm = host[0], host[1], host[2]
     c, q = cc[:, :L], cc[:, 1:]
     mask = (c != -1) & (q != -1)
-    score = mask & torch.from_numpy(seqs.selectmasks[idx, 1 : L + 1])
-    truth = None if seqs.truth is None else torch.from_numpy(seqs.truth[idx, 1 : L + 1]).to(device)
-    return Batch(c=c.clamp(min=0).to(device), r=rr[:, :L].clamp(min=0).to(device), q=q.clamp(min=0).to(device),
-                 y=rr[:, 1:].clamp(min=0).float().to(device), mask=mask.to(device), score=score.to(device),
-                 rows=torch.from_numpy(idx).to(device), truth=truth)
+    return Batch(c=c.clamp(min=0), r=rr[:, :L].clamp(min=0), q=q.clamp(min=0), y=rr[:, 1:].clamp(min=0).float(),
+                 mask=mask, score=mask & (sm[:, 1:] != 0), rows=torch.from_numpy(idx).to(dev), truth=truth)
 
 
 def iterate_batches(seqs: Sequences, batch_size: int, *, shuffle: bool, generator: torch.Generator | None,
@@ -405,13 +413,13 @@ def iterate_batches(seqs: Sequences, batch_size: int, *, shuffle: bool, generato
         raise ConfigError(f"batch_size {batch_size} must be >= 1")
     n = len(seqs)
     if not shuffle:
-        order = torch.arange(n)
-        chunks = list(torch.split(order, batch_size))
-    else:
+        order = np.arange(n)
+        chunks = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    else:  # host-side index arithmetic only (the generator is a CPU one): nothing waits on the device
         perm = torch.randperm(n, generator=generator)
         lengths = torch.from_numpy(seqs.lengths)[perm]
-        order = perm[torch.sort(lengths, stable=True).indices]
-        chunks = list(torch.split(order, batch_size))
+        order = perm[torch.sort(lengths, stable=True).indices].numpy()
+        chunks = [order[i:i + batch_size] for i in range(0, n, batch_size)]
         chunks = [chunks[i] for i in torch.randperm(len(chunks), generator=generator).tolist()]
     for rows in chunks:
         yield make_batch(seqs, rows, device)

@@ -4,13 +4,14 @@
     for epoch0 in range(epochs):
         objective.begin_epoch(epoch0)
         for batch in train_loader:
-            total, parts = objective(model(batch.c, batch.r, batch.q), batch)   # parts: detached floats
+            total, parts = objective(model(batch.c, batch.r, batch.q, reduced=True), batch)  # parts: 0-d tensors
         state = objective.end_epoch(epoch0, mastery_correlation=..., global_mastery_corr=...,
                                     mean_mastery_variance=..., alignment_share=...)
 
 Every term is masked by mu = batch.mask (B, L) bool, True = a real step: padding never counts. A term with no
-valid element is a zero tensor that still belongs to the autograd graph. Shapes: z, y (B, L); m, g (B, L, C);
-c, r (B, L) long = current concept c_t and response r_t; y_t = r_{t+1}.
+valid element is a zero tensor that still belongs to the autograd graph. Shapes: z, y (B, L); the terms read per-step
+values of mastery m and gains g (cumulative.StepValues, (B, L) each: skill sums and the values at c_t), so no
+(B, L, C) tensor is needed; c, r (B, L) long = current concept c_t and response r_t; y_t = r_{t+1}.
 """
 from __future__ import annotations
 
@@ -66,11 +67,6 @@ def _masked_mean(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return torch.where(w, x, torch.zeros_like(x)).sum() / w.sum().clamp(min=1)
 
 
-def _at_concept(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """x_t[c_t]: (B, L, C) gathered at the current concept -> (B, L)."""
-    return x.gather(-1, c.unsqueeze(-1)).squeeze(-1)
-
-
 def _pearson(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, dim) -> tuple[torch.Tensor, torch.Tensor]:
     """Weighted Pearson over `dim` with bool weights w; returns (corr, defined). corr = 0 where undefined
     (fewer than 2 elements or a variance <= pearson_variance_eps). Gradients are finite everywhere."""
@@ -89,6 +85,9 @@ def _pearson(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, dim) -> tuple[to
 
 
 # ----------------------------------------------------------------------------------------------- terms
+# The terms read per-step values (cumulative.StepValues, (B, L) each): the model's reduced pass gives them without
+# (B, L, C) mastery or gain tensors. Each docstring gives the term's definition over skills and how the per-step
+# values compute it exactly.
 
 def bce_loss(z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """L_bce = mean_{t: mu_t} BCEWithLogits(z_t, y_t), y_t = r_{t+1}. Mask: mu_t."""
@@ -96,44 +95,52 @@ def bce_loss(z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tens
     return _masked_mean(per_step, mask)
 
 
-def non_negative_loss(g: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """mean relu(-g_t[k]) over (t, k) with mu_t, all skills k. Mask: mu_t broadcast over skills."""
-    return _masked_mean(F.relu(-g), mask.unsqueeze(-1).expand_as(g))
-
-
 def monotonicity_loss(m: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """mean relu(m_t[k] - m_{t+1}[k]) over pairs (t, t+1) with mu_t & mu_{t+1}, all skills k."""
+    """mean relu(m_t[k] - m_{t+1}[k]) over pairs (t, t+1) with mu_t & mu_{t+1}, all skills k (the per-step mastery
+    head; cumulative mastery never decreases, so the term is identically 0 there and not computed)."""
     pair = (mask[:, :-1] & mask[:, 1:]).unsqueeze(-1).expand_as(m[:, 1:])
     return _masked_mean(F.relu(m[:, :-1] - m[:, 1:]), pair)
 
 
-def mastery_performance_loss(m: torch.Tensor, c: torch.Tensor, r: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """mean_{mu_t, r_t=1} (1 - m_t[c_t]) + mean_{mu_t, r_t=0} m_t[c_t]; an empty set contributes 0."""
-    m_c = _at_concept(m, c)  # (B, L)
+def mastery_performance_loss(m_c: torch.Tensor, r: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """mean_{mu_t, r_t=1} (1 - m_t[c_t]) + mean_{mu_t, r_t=0} m_t[c_t]; an empty set contributes 0.
+    m_c = m_t[c_t] (B, L)."""
     return _masked_mean(1.0 - m_c, mask & (r == 1)) + _masked_mean(m_c, mask & (r == 0))
 
 
-def gain_performance_loss(
-    g: torch.Tensor, c: torch.Tensor, r: torch.Tensor, mask: torch.Tensor, margin: float
-) -> torch.Tensor:
-    """relu(mean_{mu_t, r_t=0} g_t[c_t] - mean_{mu_t, r_t=1} g_t[c_t] + margin); 0 unless both sets are non-empty."""
-    g_c = _at_concept(g, c)
+def gain_performance_loss(g_c: torch.Tensor, r: torch.Tensor, mask: torch.Tensor, margin: float) -> torch.Tensor:
+    """relu(mean_{mu_t, r_t=0} g_t[c_t] - mean_{mu_t, r_t=1} g_t[c_t] + margin); 0 unless both sets are non-empty.
+    g_c = g_t[c_t] (B, L)."""
     correct, wrong = mask & (r == 1), mask & (r == 0)
     value = F.relu(_masked_mean(g_c, wrong) - _masked_mean(g_c, correct) + margin)
     both = correct.any() & wrong.any()
     return torch.where(both, value, value * 0.0)
 
 
-def sparsity_loss(g: torch.Tensor, c: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """mean |g_t[k]| over (t, k) with mu_t and k != c_t (skills not practised at step t)."""
-    other = mask.unsqueeze(-1) & ~F.one_hot(c, g.shape[-1]).bool()  # (B, L, C)
-    return _masked_mean(g.abs(), other)
+def sparsity_loss(g_sum: torch.Tensor, g_c: torch.Tensor, mask: torch.Tensor, num_c: int) -> torch.Tensor:
+    """mean |g_t[k]| over (t, k) with mu_t and k != c_t (skills not practised at step t).
+
+    Gains are ReLU outputs, so sum_{k != c_t} |g_t[k]| = g_sum_t - g_t[c_t] with g_sum_t = sum_k g_t[k]; the mean
+    divides by |mu| (C - 1) (0 when C = 1). No (B, L, C) mask: the practised skill is subtracted, not masked out.
+    """
+    other = torch.where(mask, g_sum.float() - g_c.float(), torch.zeros_like(g_sum, dtype=torch.float32))
+    return other.sum() / (mask.sum() * (num_c - 1)).clamp(min=1)
 
 
-def consistency_loss(m: torch.Tensor, g: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
-    """mean |(m_t[k] - m_{t-1}[k]) - scale * g_t[k]| over t >= 1 with mu_t & mu_{t-1}, all skills k."""
-    pair = (mask[:, 1:] & mask[:, :-1]).unsqueeze(-1).expand_as(m[:, 1:])
-    return _masked_mean(((m[:, 1:] - m[:, :-1]) - scale * g[:, 1:]).abs(), pair)
+def consistency_loss(cap_excess: torch.Tensor, mask: torch.Tensor, num_c: int) -> torch.Tensor:
+    """mean |(m_t[k] - m_{t-1}[k]) - scale * g_t[k]| over t >= 1 with mu_t & mu_{t-1}, all skills k.
+
+    With cumulative mastery m_t = min(1, u_t), u_t = m_0 + scale * sum_{1<=tau<=t} g_tau, a cell is
+    relu(u_t - 1) - relu(u_{t-1} - 1): 0 while uncapped, the overshoot when the cap is reached, scale * g_t after.
+    Valid steps are a prefix of each row (padding is trailing), so a row's cells telescope to
+    sum_k relu(u_last[k] - 1) = cap_excess at its last valid step (relu(u_0 - 1) = 0 since m_0 <= 1):
+    value = sum_rows cap_excess[last] / (pairs x C). The (B, L, C) form equals it up to float rounding, and
+    its rounding noise (~1e-8 per cell where uncapped) no longer feeds sign-noise gradients.
+    """
+    n = mask.sum(1)  # valid steps per row (B,)
+    last = (n - 1).clamp(min=0).unsqueeze(1)
+    per_row = torch.where(n >= 2, cap_excess.float().gather(1, last).squeeze(1), torch.zeros_like(n, dtype=torch.float32))
+    return per_row.sum() / ((n - 1).clamp(min=0).sum() * num_c).clamp(min=1)
 
 
 def residual_performance(y: torch.Tensor, mask: torch.Tensor, window: int) -> torch.Tensor:
@@ -164,48 +171,47 @@ def masked_pearson(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torc
 
 
 def alignment_correlations(
-    m: Optional[torch.Tensor], g: Optional[torch.Tensor], y: torch.Tensor, mask: torch.Tensor,
+    big_m: Optional[torch.Tensor], big_g: Optional[torch.Tensor], y: torch.Tensor, mask: torch.Tensor,
     residual: bool, window: int,
 ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """rho_M = corr(M, P), rho_G = corr(G, P) over mu_t, with M_t = mean_k m_t[k], G_t = mean_k g_t[k] and
-    P = residual_performance(y) if residual else y. A head that is None gives None."""
+    """rho_M = corr(M, P), rho_G = corr(G, P) over mu_t, with M_t = mean_k m_t[k], G_t = mean_k g_t[k] (B, L)
+    and P = residual_performance(y) if residual else y. A head that is off (None) gives None."""
     p = residual_performance(y, mask, window) if residual else y
-    rho_m = masked_pearson(m.mean(dim=-1), p, mask) if m is not None else None
-    rho_g = masked_pearson(g.mean(dim=-1), p, mask) if g is not None else None
+    rho_m = masked_pearson(big_m, p, mask) if big_m is not None else None
+    rho_g = masked_pearson(big_g, p, mask) if big_g is not None else None
     return rho_m, rho_g
 
 
 def lag_gain_correlation(
-    g: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, max_lag: int, lag_weights: Sequence[float]
-) -> tuple[torch.Tensor, list[float], int]:
+    big_g: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, max_lag: int, lag_weights: Sequence[float]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Weighted mean per-row correlation between gains and correctness l steps later.
 
-    G_t = mean_k g_t[k]; for l = 1..max_lag, per row: rho_l = Pearson(G_t, y_{t+l}) (y_{t+l} = r_{t+l+1}) over t
-    with mu_t & mu_{t+l}; a row counts if it has >= lag_min_pairs pairs and non-zero variance on both sides.
-    value = sum_l w_l * mean_rows(rho_l) / sum_{l with a counted row} w_l  (0 if no lag has a counted row).
-    Returns (value tensor, per-lag mean correlations (nan where no row counted), number of counted (row, lag)).
+    G_t = mean_k g_t[k] (big_g, (B, L)); for l = 1..max_lag, per row: rho_l = Pearson(G_t, y_{t+l})
+    (y_{t+l} = r_{t+l+1}) over t with mu_t & mu_{t+l}; a row counts if it has >= lag_min_pairs pairs and non-zero
+    variance on both sides. value = sum_l w_l * mean_rows(rho_l) / sum_{l with a counted row} w_l (0 if no lag has
+    a counted row). Returns tensors, so no value leaves the device: (value, per-lag mean correlations (max_lag,)
+    with nan where no row counted, number of counted (row, lag) pairs).
     """
     if max_lag > len(lag_weights):
         raise ConfigError(f"lag_max_lag={max_lag} but only {len(lag_weights)} lag weights; fix: lag_max_lag <= 3")
-    big = g.mean(dim=-1)  # G (B, L)
-    weighted, used_weight = big.sum() * 0.0, 0.0  # 0 that stays in the graph
-    per_lag: list[float] = []
-    count = 0
+    weighted = big_g.sum() * 0.0  # 0 that stays in the graph
+    used_weight = torch.zeros((), device=big_g.device)
+    per_lag, count = [], torch.zeros((), dtype=torch.long, device=big_g.device)
     for lag in range(1, max_lag + 1):
         pair = mask[:, :-lag] & mask[:, lag:]  # (B, L-lag); empty when L <= lag
-        corr, defined = _pearson(big[:, :-lag], y[:, lag:], pair, dim=1)  # (B,)
+        corr, defined = _pearson(big_g[:, :-lag], y[:, lag:], pair, dim=1)  # (B,)
         rows = defined & (pair.sum(dim=1) >= FIXED_CONSTANTS["lag_min_pairs"])
-        n_rows = int(rows.sum())
-        if n_rows == 0:
-            per_lag.append(float("nan"))
-            continue
-        mean_corr = torch.where(rows, corr, torch.zeros_like(corr)).sum() / n_rows
-        per_lag.append(float(mean_corr.detach()))
-        weighted = weighted + float(lag_weights[lag - 1]) * mean_corr
-        used_weight += float(lag_weights[lag - 1])
-        count += n_rows
-    value = weighted / used_weight if used_weight > 0 else weighted * 0.0
-    return value, per_lag, count
+        n_rows = rows.sum()
+        mean_corr = torch.where(rows, corr, torch.zeros_like(corr)).sum() / n_rows.clamp(min=1)
+        counted = n_rows > 0
+        per_lag.append(torch.where(counted, mean_corr.detach(), torch.full_like(mean_corr, float("nan"))))
+        weighted = weighted + float(lag_weights[lag - 1]) * mean_corr  # 0 when no row counted
+        used_weight = used_weight + float(lag_weights[lag - 1]) * counted
+        count = count + n_rows
+    value = torch.where(used_weight > 0, weighted / used_weight.clamp(min=1e-30), weighted * 0.0)
+    per_lag_t = torch.stack(per_lag) if per_lag else big_g.new_zeros(0)
+    return value, per_lag_t, count
 
 
 def retention_loss(rho_m: torch.Tensor, peak: float, delta: float, weight: float) -> torch.Tensor:
@@ -310,63 +316,70 @@ class Objective:
         return w
 
     # -- per batch
-    def __call__(self, out, batch) -> tuple[torch.Tensor, dict[str, float]]:
-        """total = L_bce + sum_k w_k L_k + L_align + L_lag + L_ret; returns (total, detached floats for logging)."""
+    def __call__(self, out, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """total = L_bce + sum_k w_k L_k + L_align + L_lag + L_ret for the model's reduced outputs
+        (model(c, r, q, reduced=True): out.steps per-step values, out.mastery only for the per-step mastery head).
+
+        Returns (total, parts): every part a detached 0-d tensor on the model's device (per_lag: (lag_max_lag,)),
+        so the training loop reads them once per epoch, never per batch. Terms that are identically zero by
+        construction (non_negative: gains are ReLU outputs; monotonicity of cumulative mastery) are 0 without work.
+        """
         p = self.params
-        self._check_heads({"mastery": out.mastery is not None, "gains": out.gains is not None})
-        m, g, mask, c, r, y = out.mastery, out.gains, batch.mask, batch.c, batch.r, batch.y
+        st = out.steps
+        has_m = st is not None and st.mastery_at_c is not None
+        has_g = st is not None and st.gain_at_c is not None
+        self._check_heads({"mastery": has_m, "gains": has_g})
+        mask, r, y = batch.mask, batch.r, batch.y
         bce = bce_loss(out.logits, y, mask)
-        parts: dict[str, float] = {"bce": float(bce.detach())}
-
+        zero = bce.new_zeros(())
+        big_m = st.mastery_mean if has_m else None  # M_t (B, L)
+        big_g = st.gain_sum / st.num_c if has_g else None  # G_t (B, L)
         terms = {
-            "non_negative": lambda: non_negative_loss(g, mask),
-            "monotonicity": lambda: monotonicity_loss(m, mask),
-            "mastery_performance": lambda: mastery_performance_loss(m, c, r, mask),
-            "gain_performance": lambda: gain_performance_loss(g, c, r, mask, p["gain_performance_margin"]),
-            "sparsity": lambda: sparsity_loss(g, c, mask),
-            "consistency": lambda: consistency_loss(m, g, mask, p["mastery_gain_scale"]),
+            "non_negative": lambda: zero,  # relu(-g) = 0: gains are ReLU outputs
+            "monotonicity": lambda: zero if has_g else monotonicity_loss(out.mastery, mask),  # cumsum of g >= 0
+            "mastery_performance": lambda: mastery_performance_loss(st.mastery_at_c, r, mask),
+            "gain_performance": lambda: gain_performance_loss(st.gain_at_c, r, mask, p["gain_performance_margin"]),
+            "sparsity": lambda: sparsity_loss(st.gain_sum, st.gain_at_c, mask, st.num_c),
+            "consistency": lambda: consistency_loss(st.cap_excess, mask, st.num_c),
         }
-        constraint_total = bce.new_zeros(())
+        parts: dict[str, torch.Tensor] = {"bce": bce.detach()}
+        constraint_total = zero
         for name, weight in self.effective_constraint_weights().items():
-            term = weight * terms[name]() if weight > 0 else bce.new_zeros(())
-            parts[name] = float(term.detach())
+            term = weight * terms[name]() if weight > 0 else zero
+            parts[name] = term.detach()
             constraint_total = constraint_total + term
-        parts["constraint_total"] = float(constraint_total.detach())
+        parts["constraint_total"] = constraint_total.detach()
 
-        align = bce.new_zeros(())
-        if p["enable_alignment_loss"] and m is not None and g is not None:
-            rho_m, rho_g = alignment_correlations(
-                m, g, y, mask, p["use_residual_alignment"], p["alignment_residual_window"]
-            )
+        align = zero
+        residual, window = p["use_residual_alignment"], p["alignment_residual_window"]
+        if p["enable_alignment_loss"] and has_m and has_g:
+            rho_m, rho_g = alignment_correlations(big_m, big_g, y, mask, residual, window)
             align = -(rho_m + rho_g) * self.effective_alignment_weight
         else:  # logged only (SPEC §6 alignment_corr_*), no gradient needed
             with torch.no_grad():
-                rho_m, rho_g = alignment_correlations(
-                    m, g, y, mask, p["use_residual_alignment"], p["alignment_residual_window"]
-                )
-        parts["alignment"] = float(align.detach())
-        parts["rho_m"] = float(rho_m.detach()) if rho_m is not None else float("nan")
-        parts["rho_g"] = float(rho_g.detach()) if rho_g is not None else float("nan")
+                rho_m, rho_g = alignment_correlations(big_m, big_g, y, mask, residual, window)
+        nan = torch.full((), float("nan"), device=bce.device)
+        parts["alignment"] = align.detach()
+        parts["rho_m"] = rho_m.detach() if rho_m is not None else nan
+        parts["rho_g"] = rho_g.detach() if rho_g is not None else nan
 
-        lag = bce.new_zeros(())
-        parts["lag_value"], parts["lag_count"] = 0.0, 0.0
-        if self.lag_active and g is not None:
+        lag = zero
+        parts["lag_value"], parts["lag_count"] = zero, zero
+        if self.lag_active and has_g:
             weights = [p["lag_l1_weight"], p["lag_l2_weight"], p["lag_l3_weight"]]
-            value, per_lag, count = lag_gain_correlation(g, y, mask, p["lag_max_lag"], weights)
+            value, per_lag, count = lag_gain_correlation(big_g, y, mask, p["lag_max_lag"], weights)
             lag = -p["lag_gain_weight"] * value.clamp(min=0)
-            parts["lag_value"], parts["lag_count"] = float(value.detach()), float(count)
-            for i, corr in enumerate(per_lag, start=1):
-                parts[f"lag_corr_l{i}"] = corr
-        parts["lag"] = float(lag.detach())
+            parts["lag_value"], parts["lag_count"], parts["per_lag"] = value.detach(), count.float(), per_lag
+        parts["lag"] = lag.detach()
 
-        ret = bce.new_zeros(())
-        if self.retention_active and m is not None:
-            rho_m_raw = masked_pearson(m.mean(dim=-1), y, mask)  # raw y, not the residual
+        ret = zero
+        if self.retention_active and has_m:
+            rho_m_raw = masked_pearson(big_m, y, mask)  # raw y, not the residual
             ret = retention_loss(rho_m_raw, self.peak_mastery_corr, p["retention_delta"], p["retention_weight"])
-        parts["retention"] = float(ret.detach())
+        parts["retention"] = ret.detach()
 
         total = bce + constraint_total + align + lag + ret
-        parts["total"] = float(total.detach())
+        parts["total"] = total.detach()
         return total, parts
 
     # -- per epoch

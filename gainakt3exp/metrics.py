@@ -168,12 +168,14 @@ _OPTIONAL = ("logits", "mastery_mean", "gain_mean", "target_mastery", "truth", "
 
 
 def collect_outputs(model: torch.nn.Module, seqs: Any, rows: np.ndarray, batch_size: int,
-                    device: Any, *, logits: bool = True, interpretation: bool = True) -> dict:
+                    device: Any, *, logits: bool = True, interpretation: bool = True, per_skill: bool = True) -> dict:
     """Run `model` (eval mode, no_grad; its mode is restored afterwards) over `rows` of `seqs`.
 
     logits=False / interpretation=False: a pass for the interpretability / prediction metrics only; the
     model then skips the prediction / mastery and gain heads (GainAKT3Exp.forward) and the keys they feed
-    are None.
+    are None. per_skill=False: the model's reduced pass (forward(reduced=True): per-step values only, no
+    (B, L, C) mastery or gains even per batch), so the per-skill statistics (mastery_row_mean/m2, violations)
+    are absent; prediction, global-pass and per-step correlation metrics need nothing else.
 
     Rows are batched in order of length (`data.make_batch` of batch_size rows of similar length, each trimmed
     to its longest row); each batch is reduced at once, so memory is O(R x (L + C)), never (R, L, C).
@@ -201,12 +203,21 @@ def collect_outputs(model: torch.nn.Module, seqs: Any, rows: np.ndarray, batch_s
         with torch.no_grad():
             for start in range(0, rows.size, batch_size):
                 b = data.make_batch(seqs, rows[order[start:start + batch_size]], device)
-                o = model(b.c, b.r, b.q, logits=logits, interpretation=interpretation)
+                o = model(b.c, b.r, b.q, logits=logits, interpretation=interpretation, reduced=not per_skill)
                 keep = {"rows": b.rows, "mask": b.mask, "score": b.score, "y": b.y.float()}
                 if o.logits is not None:
                     keep["logits"] = o.logits.float()
                 if b.truth is not None:
                     keep["truth"] = b.truth.float()
+                if not per_skill:
+                    st = o.steps
+                    if st is not None and st.mastery_mean is not None:
+                        keep["mastery_mean"], keep["target_mastery"] = st.mastery_mean, st.mastery_at_q
+                    if st is not None and st.gain_sum is not None:
+                        keep["gain_mean"] = st.gain_sum / st.num_c
+                    for key, val in keep.items():
+                        parts.setdefault(key, []).append(val.float().cpu() if val.is_floating_point() else val.cpu())
+                    continue
                 m = None if o.mastery is None else o.mastery.float()  # (B, L, C)
                 g = None if o.gains is None else o.gains.float()  # (B, L, C)
                 if m is not None:

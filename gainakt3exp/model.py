@@ -3,6 +3,7 @@
     model = GainAKT3Exp.from_params(params, num_c=100)
     out = model(batch.c, batch.r, batch.q)   # ModelOutput(logits (B,L), mastery (B,L,C)|None, gains (B,L,C)|None)
     out = model(c, r, q, logits=False)       # an interpretability-only pass: logits None
+    out = model(c, r, q, reduced=True)       # training: out.steps (B, L) reductions, no (B, L, C) mastery/gains
 
 Shapes: B batch, L steps (L <= seq_len - 1), D d_model, C num_c.
 Interaction token x_t = c_t + C * r_t feeds two streams: the context stream H (queries and keys) and the
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gainakt3exp.cumulative import StepValues, cumulative_steps, steps_from_full
 from gainakt3exp.errors import ConfigError
 
 #: Keys of the run parameter dict that build the model (num_c comes from the data set).
@@ -47,6 +49,7 @@ class ModelOutput(NamedTuple):
     logits: Optional[torch.Tensor]  # z_t, logit of r_{t+1} (B, L); None when not asked for
     mastery: Optional[torch.Tensor]  # m_t per skill in [0, 1] (B, L, C)
     gains: Optional[torch.Tensor]  # g_t per skill, >= 0 (B, L, C)
+    steps: Optional[StepValues] = None  # per-step reductions (reduced=True): what the objective reads
 
 
 class _Dropout(nn.Module):
@@ -173,7 +176,7 @@ class GainAKT3Exp(nn.Module):
         return cls(num_c=num_c, **{k: params[k] for k in MODEL_PARAM_KEYS})
 
     def forward(self, c: torch.Tensor, r: torch.Tensor, q: torch.Tensor, *, logits: bool = True,
-                interpretation: bool = True) -> ModelOutput:
+                interpretation: bool = True, reduced: bool = False) -> ModelOutput:
         """c, r, q: (B, L) long (current concept, current response, next concept; padding already 0).
 
         logits=False / interpretation=False leave out the prediction / the mastery and gain heads (their
@@ -181,6 +184,11 @@ class GainAKT3Exp(nn.Module):
         the mastery head reads (step 0 with the gain head, every step without it, none without the mastery
         head). Evaluation passes that need only one kind of output use them; the outputs that are computed
         equal the full pass's up to float rounding (a matmul over fewer rows may round differently, ~1e-7).
+
+        reduced=True (training): `steps` holds the per-step reductions the objective reads (cumulative.StepValues)
+        and, with the gain head, mastery and gains stay None: they are never materialised as (B, L, C) tensors
+        (cumulative.cumulative_steps). Without the gain head the per-step mastery is returned too (monotonicity
+        reads it).
         """
         assert c.shape == r.shape == q.shape and c.dim() == 2, (c.shape, r.shape, q.shape)
         l = c.shape[1]
@@ -201,6 +209,8 @@ class GainAKT3Exp(nn.Module):
             h, v = block(h, v, last_h_steps if i == len(self.blocks) - 1 else None)
 
         z = self._predict(h, v, q) if logits else None  # z (B, L)
+        if reduced:
+            return self._reduced(z, h, v, c, q, gain_head, mastery_head)
 
         gains = None
         if gain_head is not None:
@@ -216,6 +226,18 @@ class GainAKT3Exp(nn.Module):
             else:
                 mastery = torch.sigmoid(mastery_head(h).float())  # (B, L, C)
         return ModelOutput(logits=z, mastery=mastery, gains=gains)
+
+    def _reduced(self, z, h, v, c, q, gain_head, mastery_head) -> ModelOutput:
+        """The training outputs: logits and StepValues (SPEC §4 mastery and gains, reduced per step)."""
+        if gain_head is not None:
+            m0 = torch.sigmoid(mastery_head(h[:, 0]).float()) if mastery_head is not None else None  # m_0 (B, C)
+            steps = cumulative_steps(v, gain_head.weight, gain_head.bias, m0, c, q, self.mastery_gain_scale,
+                                     with_mastery=mastery_head is not None)
+            return ModelOutput(logits=z, mastery=None, gains=None, steps=steps)
+        if mastery_head is not None:
+            mastery = torch.sigmoid(mastery_head(h).float())  # (B, L, C)
+            return ModelOutput(logits=z, mastery=mastery, gains=None, steps=steps_from_full(mastery, None, c, q))
+        return ModelOutput(logits=z, mastery=None, gains=None, steps=None)
 
     def _predict(self, h: torch.Tensor, v: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         """z = head([h, v, concept_emb(q)]), with the head's first layer split by input.

@@ -69,12 +69,20 @@ def load_train_data(params: dict) -> TrainData:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device of the `device` parameter; a CUDA device this machine does not have is a ConfigError
+    (gakt-launch and gakt-repro call this before any run exists)."""
+    from .errors import ConfigError
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        from .errors import ConfigError
-
-        raise ConfigError(f"device={name!r}: CUDA is not available on this machine; use device cpu or auto")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={name!r}: this machine has no CUDA device (torch {torch.__version__}, "
+                              "cuda available: false); use --device cpu or --device auto")
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"device={name!r}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                              f"(cuda:0..cuda:{torch.cuda.device_count() - 1}); pick one of them or --device auto")
     return torch.device(name)
 
 
@@ -84,8 +92,30 @@ def build_optimizer(model: torch.nn.Module, params: dict) -> torch.optim.Optimiz
     return optim_cls(model.parameters(), lr=params["learning_rate"], weight_decay=params["weight_decay"])
 
 
+#: glibc malloc settings for training processes (mallopt): blocks up to 1 GiB come from the heap and freed memory is
+#: kept for reuse, instead of a fresh mmap (page faults, pages zeroed by the kernel) for every tensor over 32 MiB's
+#: dynamic threshold. A training step allocates and frees many (B, L, C)-sized blocks; this made a cpu-small step
+#: ~30% faster at 1,200 skills and at 100 (benchmarks/train_throughput.py). Values only, never results.
+MALLOC_SETTINGS = {"M_MMAP_THRESHOLD": 1 << 30, "M_TRIM_THRESHOLD": (1 << 31) - 1}
+_MALLOPT_CODES = {"M_TRIM_THRESHOLD": -1, "M_MMAP_THRESHOLD": -3}
+
+
+def tune_allocator() -> dict:
+    """Apply MALLOC_SETTINGS where the C library is glibc (Linux); returns what was applied (recorded in the run)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return {}
+    return {k: v for k, v in MALLOC_SETTINGS.items() if mallopt(_MALLOPT_CODES[k], v) == 1}
+
+
 def seed_everything(params: dict, device: torch.device) -> dict:
     """Seed python, numpy and torch; switch on deterministic algorithms. Returns the facts to record."""
+    allocator = tune_allocator()
     seed = params["seed"]
     random.seed(seed)
     np.random.seed(seed)
@@ -94,10 +124,16 @@ def seed_everything(params: dict, device: torch.device) -> dict:
         if device.type == "cuda":
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
+        # Deterministic mode also fills every new tensor with NaN by default (a debugging aid for kernels that read
+        # memory they never wrote); no kernel here does, results are the same, and the fill cost ~35% of a
+        # training step at 1,200 skills. Recorded in the run (runtime facts).
+        torch.utils.deterministic.fill_uninitialized_memory = False
     else:
         torch.use_deterministic_algorithms(False)
     return {"device": str(device), "torch_threads": torch.get_num_threads(),
-            "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG", "")}
+            "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG", ""),
+            "fill_uninitialized_memory": bool(torch.utils.deterministic.fill_uninitialized_memory),
+            "malloc_settings": allocator}
 
 
 def _autocast(params: dict, device: torch.device):
@@ -111,14 +147,16 @@ def _progress(total: int, epoch: int, epochs: int):
     enabled = sys.stderr.isatty()
     start = time.perf_counter()
 
-    def update(done: int, loss: float) -> None:
+    def update(done: int, loss: Optional[float]) -> None:
+        """loss: the last monitor_freq reading (None before the first; reading it every batch would sync)."""
         if not enabled:
             return
         width = 30
         filled = int(width * done / max(total, 1))
         rate = done / max(time.perf_counter() - start, 1e-9)
+        shown = "-" if loss is None else f"{loss:.4f}"
         sys.stderr.write(f"\repoch {epoch}/{epochs} [{'#' * filled}{'.' * (width - filled)}] "
-                         f"{done}/{total} loss {loss:.4f} {rate:.1f} batch/s")
+                         f"{done}/{total} loss {shown} {rate:.1f} batch/s")
         if done == total:
             sys.stderr.write("\n")
         sys.stderr.flush()
@@ -224,12 +262,17 @@ def train_model(
 
 
 def validate_epoch(model, valid, params: dict, device) -> tuple[dict, dict, dict]:
-    """One model pass over the validation windows serves all three checks of an epoch: prediction (every
-    window), the semantic correlations (the first max_semantic_students windows) and the global alignment pass
-    (alignment_global_students windows stratified by length)."""
-    out = collect_outputs(model, valid, np.arange(len(valid)), params["batch_size"], device)
+    """The checks of an epoch: prediction (every window) and the global alignment pass (alignment_global_students
+    windows stratified by length) from one reduced model pass (per-step values, no (B, L, C) tensors); the
+    semantic correlations and per-skill statistics (the first max_semantic_students windows) from a full pass
+    over those windows only."""
+    out = collect_outputs(model, valid, np.arange(len(valid)), params["batch_size"], device, per_skill=False)
     val = prediction_from_outputs(out, use_score_mask=False)
-    semantic = semantic_from_outputs(select_rows(out, np.arange(min(params["max_semantic_students"], len(valid)))))
+    n_semantic = min(params["max_semantic_students"], len(valid))
+    heads = model.mastery_head is not None or model.gain_head is not None
+    semantic = semantic_from_outputs(
+        collect_outputs(model, valid, np.arange(n_semantic), params["batch_size"], device, logits=False) if heads
+        else select_rows(out, np.arange(n_semantic)))
     global_pass = {}
     if params["enable_global_alignment_pass"]:
         rows = stratified_rows(valid.lengths, params["alignment_global_students"])
@@ -238,18 +281,24 @@ def validate_epoch(model, valid, params: dict, device) -> tuple[dict, dict, dict
 
 
 def _train_epoch(model, objective, optimizer, seqs, params, device, generator, sink, global_step, progress):
-    """One pass over the shuffled training windows. Returns epoch statistics and the new global batch step."""
+    """One pass over the shuffled training windows. Returns epoch statistics and the new global batch step.
+
+    Nothing is read back from the device inside the batch loop except the monitor_freq batch metrics: the loss
+    parts are summed on the device, the train-AUC inputs kept there, and all of it read once after the loop.
+    """
     model.train()
-    sums: dict[str, float] = {}
-    n, last = 0, {}
-    lag_batches, lag_count, per_lag = 0, 0, {}
-    probs, labels = [], []
-    interactions = 0
+    keys = _SUMMED_PARTS
+    sums = torch.zeros(len(keys), dtype=torch.float64, device=device)
+    lag_sums = torch.zeros(3, dtype=torch.float64, device=device)  # per-lag sums of batch means (non-nan)
+    lag_counts = torch.zeros(3, dtype=torch.float64, device=device)
+    n, lag_batches, last = 0, 0, {}
+    probs, labels, masks = [], [], []
     monitor = params["monitor_freq"]
+    shown_loss = None
     for batch in data_mod.iterate_batches(seqs, params["batch_size"], shuffle=True, generator=generator,
                                           device=device):
         with _autocast(params, device):
-            out = model(batch.c, batch.r, batch.q)
+            out = model(batch.c, batch.r, batch.q, reduced=True)
             total, parts = objective(out, batch)
         optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -258,34 +307,50 @@ def _train_epoch(model, objective, optimizer, seqs, params, device, generator, s
         optimizer.step()
         n += 1
         global_step += 1
-        for key in _SUMMED_PARTS:
-            sums[key] = sums.get(key, 0.0) + parts[key]
+        sums += torch.stack([parts[k] for k in keys[:-1]] + [batch.mask.sum()]).double()  # ..., cells
         last = parts
-        if objective.lag_active:
+        if objective.lag_active and "per_lag" in parts:
             lag_batches += 1
-            lag_count += int(parts["lag_count"])
-            for key, value in parts.items():
-                if key.startswith("lag_corr_l") and value == value:  # NaN = no valid row at that lag
-                    per_lag.setdefault(key, []).append(value)
-        with torch.no_grad():
-            m = batch.mask
-            probs.append(torch.sigmoid(out.logits.float())[m].cpu())
-            labels.append(batch.y[m].cpu())
-            interactions += int(m.sum())
-        if monitor and global_step % monitor == 0:
-            sink.log_metrics({"batch/loss": parts["total"], "batch/bce": parts["bce"]}, step=global_step)
-        progress(n, parts["total"])
-    means = {k: v / max(n, 1) for k, v in sums.items()}
-    p, y = torch.cat(probs).numpy(), torch.cat(labels).numpy()
-    per_lag_mean = [float(np.mean(per_lag[k])) if per_lag.get(k) else None
-                    for k in (f"lag_corr_l{i}" for i in range(1, params["lag_max_lag"] + 1))] if lag_batches else []
-    lag_mean = sums["lag_value"] / lag_batches if lag_batches else None
-    return {"means": means, "last": last, "auc": roc_auc(y, p), "interactions": interactions,
-            "per_lag": per_lag_mean, "lag_mean": lag_mean, "lag_count": lag_count}, global_step
+            per_lag = parts["per_lag"].double()
+            seen = ~torch.isnan(per_lag)
+            k = per_lag.shape[0]
+            lag_sums[:k] += torch.where(seen, per_lag, 0.0)
+            lag_counts[:k] += seen
+        with torch.no_grad():  # kept on the device, selected after the loop (a boolean index would sync)
+            probs.append(torch.sigmoid(out.logits.detach().float()).reshape(-1))
+            labels.append(batch.y.reshape(-1))
+            masks.append(batch.mask.reshape(-1))
+        if monitor and global_step % monitor == 0:  # the one read-back inside the loop, every monitor_freq batches
+            loss, bce = (float(v) for v in torch.stack([parts["total"], parts["bce"]]).cpu())
+            sink.log_metrics({"batch/loss": loss, "batch/bce": bce}, step=global_step)
+            shown_loss = loss
+        progress(n, shown_loss)
+    values = sums.cpu().tolist()  # read once per epoch
+    means = {k: v / max(n, 1) for k, v in zip(keys, values)}
+    p, y = _auc_inputs(probs, labels, masks)
+    lag_mean = means["lag_value"] if lag_batches else None
+    per_lag_mean = []
+    if lag_batches:
+        got_sums, got_counts = lag_sums.cpu().tolist(), lag_counts.cpu().tolist()
+        per_lag_mean = [got_sums[i] / got_counts[i] if got_counts[i] else None for i in range(params["lag_max_lag"])]
+    last_values = {k: float(last[k]) for k in ("rho_m", "rho_g")} if last else {}
+    return {"means": means, "last": last_values, "auc": roc_auc(y, p), "interactions": int(values[keys.index("cells")]),
+            "per_lag": per_lag_mean, "lag_mean": lag_mean,
+            "lag_count": int(round(values[keys.index("lag_count")]))}, global_step
 
 
+def _auc_inputs(probs: list, labels: list, masks: list) -> tuple[np.ndarray, np.ndarray]:
+    """The epoch's predictions and labels at valid steps, as numpy (one device-to-host copy per epoch)."""
+    if not probs:
+        return np.zeros(0), np.zeros(0)
+    keep = torch.cat(masks)
+    return torch.cat(probs)[keep].cpu().numpy(), torch.cat(labels)[keep].cpu().numpy()
+
+
+#: Loss parts summed over an epoch's batches on the device; "cells" (the batch's valid steps) is added by the loop.
 _SUMMED_PARTS = ("bce", "non_negative", "monotonicity", "mastery_performance", "gain_performance", "sparsity",
-                 "consistency", "constraint_total", "alignment", "lag", "lag_value", "retention", "total")
+                 "consistency", "constraint_total", "alignment", "lag", "lag_value", "lag_count", "retention", "total",
+                 "cells")
 
 
 def checkpoint_bytes(model, params: dict, num_c: int, epoch: int, val_auc: float) -> bytes:

@@ -21,12 +21,12 @@ from gainakt3exp.losses import (
     masked_pearson,
     mastery_performance_loss,
     monotonicity_loss,
-    non_negative_loss,
     residual_performance,
     retention_loss,
     sparsity_loss,
     warmup_scale,
 )
+from gainakt3exp.cumulative import steps_from_full
 from gainakt3exp.model import GainAKT3Exp, ModelOutput
 
 DEFAULTS = json.loads((Path(__file__).parents[1] / "configs" / "parameter_default.json").read_text())["defaults"]
@@ -55,9 +55,8 @@ def test_bce_is_mean_over_valid_steps():
     assert float(bce_loss(z, y, mask)) == pytest.approx(4 * math.log(2) / 3, abs=1e-6)
 
 
-def test_non_negative_is_mean_relu_minus_gain_over_valid_steps_and_skills():
-    g = _t([[[-1.0, 2.0, 0.0], [0.5, -0.5, 0.0]]])
-    assert float(non_negative_loss(g, _b([[T, F_]]))) == pytest.approx(1.0 / 3.0)  # (1 + 0 + 0) / 3
+def _at(x, c):
+    return x.gather(-1, c.unsqueeze(-1)).squeeze(-1)
 
 
 def test_monotonicity_counts_only_pairs_of_valid_steps():
@@ -70,9 +69,9 @@ def test_mastery_performance_hand_value_and_empty_wrong_set():
     m = _t([[[0.8, 0.1, 0.1], [0.5, 0.3, 0.5], [0.0, 0.0, 0.6], [0.9, 0.9, 0.9]]])
     c, mask = _l([[0, 1, 2, 0]]), _b([[T, T, T, F_]])
     # correct steps 0, 2: mean(1-0.8, 1-0.6) = 0.3; wrong step 1: 0.3 -> 0.6
-    assert float(mastery_performance_loss(m, c, _l([[1, 0, 1, 0]]), mask)) == pytest.approx(0.6)
+    assert float(mastery_performance_loss(_at(m, c), _l([[1, 0, 1, 0]]), mask)) == pytest.approx(0.6)
     # all valid steps correct: the wrong term is empty and adds 0 -> mean(0.2, 0.7, 0.4)
-    assert float(mastery_performance_loss(m, c, _l([[1, 1, 1, 0]]), mask)) == pytest.approx(1.3 / 3)
+    assert float(mastery_performance_loss(_at(m, c), _l([[1, 1, 1, 0]]), mask)) == pytest.approx(1.3 / 3)
 
 
 def test_gain_performance_hand_value_and_zero_when_one_set_is_empty():
@@ -81,21 +80,48 @@ def test_gain_performance_hand_value_and_zero_when_one_set_is_empty():
     g.requires_grad_(True)
     c, mask = _l([[0, 1, 2, 0]]), _b([[T, T, T, F_]])
     # wrong: 0.5; correct: mean(0.2, 0.4) = 0.3 -> relu(0.5 - 0.3 + 0.1) = 0.3
-    assert gain_performance_loss(g, c, _l([[1, 0, 1, 0]]), mask, 0.1).item() == pytest.approx(0.3)
-    empty = gain_performance_loss(g, c, _l([[1, 1, 1, 0]]), mask, 0.1)
+    assert gain_performance_loss(_at(g, c), _l([[1, 0, 1, 0]]), mask, 0.1).item() == pytest.approx(0.3)
+    empty = gain_performance_loss(_at(g, c), _l([[1, 1, 1, 0]]), mask, 0.1)
     assert empty.item() == 0.0 and empty.requires_grad
 
 
-def test_sparsity_is_mean_abs_gain_of_other_skills():
-    g = _t([[[1.0, -2.0, 3.0], [4.0, 5.0, 6.0]]])
-    assert float(sparsity_loss(g, _l([[1, 0]]), _b([[T, F_]]))) == pytest.approx(2.0)  # (|1| + |3|) / 2
+def test_sparsity_is_mean_gain_of_other_skills():
+    g = _t([[[1.0, 0.0, 3.0], [4.0, 5.0, 6.0]]])  # gains are ReLU outputs: >= 0
+    c = _l([[1, 0]])
+    # step 0 only: skills 0 and 2 -> (1 + 3) / 2
+    assert float(sparsity_loss(g.sum(-1), _at(g, c), _b([[T, F_]]), 3)) == pytest.approx(2.0)
 
 
-def test_consistency_hand_value():
-    m = _t([[[0.2, 0.4], [0.5, 0.3], [0.0, 0.0]]])
-    g = _t([[[0.0, 0.0], [0.4, 0.2], [5.0, 5.0]]])
-    # t=1 only: |0.3 - 0.5*0.4| = 0.1, |-0.1 - 0.5*0.2| = 0.2 -> 0.15; t=2 is padding
-    assert float(consistency_loss(m, g, _b([[T, T, F_]]), 0.5)) == pytest.approx(0.15)
+def _definition_consistency(m0, g, mask, scale):
+    """SPEC §5 on full tensors: mean |(m_t - m_{t-1}) - scale g_t| over valid pairs, m = min(1, m0 + scale S)."""
+    s = torch.cat([torch.zeros_like(g[:, :1]), g[:, 1:]], 1).cumsum(1)
+    m = torch.clamp(m0.unsqueeze(1) + scale * s, max=1.0)
+    pair = (mask[:, 1:] & mask[:, :-1]).unsqueeze(-1).expand_as(m[:, 1:])
+    cells = ((m[:, 1:] - m[:, :-1]) - scale * g[:, 1:]).abs()
+    return torch.where(pair, cells, 0.0).sum() / pair.sum().clamp(min=1), torch.relu(m0.unsqueeze(1) + scale * s - 1)
+
+
+def test_consistency_hand_value_where_mastery_reaches_the_cap():
+    m0 = _t([[0.7, 0.2]])
+    g = _t([[[0.0, 0.0], [2.0, 1.0], [3.0, 1.0], [9.0, 9.0]]])
+    mask = _b([[T, T, T, F_]])
+    # scale 0.1: skill 0 goes 0.7 -> 0.9 -> 1.2 (capped: |0.1 - 0.3| = 0.2), skill 1 0.2 -> 0.3 -> 0.4 (0);
+    # pairs (1, 2) x 2 skills... (0,1): 0, 0; (1,2): 0.2, 0 -> 0.2 / 4 = 0.05; step 3 is padding
+    reference, excess = _definition_consistency(m0, g, mask, 0.1)
+    assert float(reference) == pytest.approx(0.05, abs=1e-6)
+    # telescoped: the row's excess at its last valid step, relu(1.2 - 1) = 0.2, over 2 pairs x 2 skills
+    assert float(consistency_loss(excess.sum(-1), mask, 2)) == pytest.approx(0.05, abs=1e-6)
+
+
+def test_consistency_equals_the_cell_definition_on_random_rows():
+    gen = torch.Generator().manual_seed(5)
+    m0 = torch.rand(4, 6, generator=gen) * 0.9
+    g = torch.rand(4, 9, 6, generator=gen)
+    mask = torch.ones(4, 9, dtype=torch.bool)
+    mask[1, 5:], mask[2, 1:], mask[3, 2:] = False, False, False
+    reference, excess = _definition_consistency(m0, g, mask, 0.2)
+    assert float(reference) > 0
+    assert float(consistency_loss(excess.sum(-1), mask, 6)) == pytest.approx(float(reference), rel=1e-5)
 
 
 def test_residual_moving_average_stays_within_each_row():
@@ -123,23 +149,23 @@ def test_masked_pearson_hand_value_and_degenerate_cases():
 
 
 def test_alignment_correlations_use_skill_means():
-    m = _t([[[0.0, 2.0], [1.0, 3.0], [2.0, 4.0], [9.0, 9.0]]])  # M = [1, 2, 3]
-    g = _t([[[3.0, 3.0], [2.0, 2.0], [1.0, 1.0], [0.0, 0.0]]])  # G = [3, 2, 1]
+    big_m, big_g = _t([[1.0, 2.0, 3.0, 9.0]]), _t([[3.0, 2.0, 1.0, 0.0]])  # skill means M_t, G_t
     y, mask = _t([[0.0, 1.0, 1.0, 0.0]]), _b([[T, T, T, F_]])
     # corr([1,2,3], [0,1,1]) = 1 / sqrt(2 * 2/3) = sqrt(3)/2
-    rho_m, rho_g = alignment_correlations(m, g, y, mask, residual=False, window=5)
+    rho_m, rho_g = alignment_correlations(big_m, big_g, y, mask, residual=False, window=5)
     assert float(rho_m) == pytest.approx(math.sqrt(3) / 2, abs=1e-6)
     assert float(rho_g) == pytest.approx(-math.sqrt(3) / 2, abs=1e-6)
     # residual, window 1: P_t = y_t - y_t = 0 -> zero variance -> 0
-    rho_m, _ = alignment_correlations(m, g, y, mask, residual=True, window=1)
+    rho_m, _ = alignment_correlations(big_m, big_g, y, mask, residual=True, window=1)
     assert float(rho_m) == 0.0
 
 
 def test_lag_correlation_is_one_for_gains_that_predict_the_next_label():
-    g = _t([0, 1, 0, 1, 1, 0]).reshape(1, 6, 1)
+    big_g = _t([[0, 1, 0, 1, 1, 0]])
     y = _t([[0, 0, 1, 0, 1, 1]])  # y_{t+1} = G_t for t = 0..4
-    value, per_lag, count = lag_gain_correlation(g, y, torch.ones(1, 6, dtype=torch.bool), 1, [0.5, 0.3, 0.2])
-    assert float(value) == pytest.approx(1.0, abs=1e-6) and per_lag == pytest.approx([1.0]) and count == 1
+    value, per_lag, count = lag_gain_correlation(big_g, y, torch.ones(1, 6, dtype=torch.bool), 1, [0.5, 0.3, 0.2])
+    assert float(value) == pytest.approx(1.0, abs=1e-6) and per_lag.tolist() == pytest.approx([1.0])
+    assert int(count) == 1
 
 
 def _lag_reference(g, y, mask, max_lag, weights):
@@ -167,10 +193,10 @@ def test_lag_correlation_matches_a_naive_per_row_loop():
     y = np.array([[1, 0, 1, 1, 0, 1], [0, 0, 1, 0, 1, 1], [1, 0, 1, 0, 0, 0]], dtype=float)
     mask = np.array([[1] * 6, [1] * 5 + [0], [1] * 3 + [0] * 3], dtype=bool)  # row 2: 2 lag-1 pairs -> skipped
     want_value, want_per_lag, want_count = _lag_reference(g, y, mask, 3, [0.5, 0.3, 0.2])
-    value, per_lag, count = lag_gain_correlation(_t(g), _t(y), torch.from_numpy(mask), 3, [0.5, 0.3, 0.2])
+    value, per_lag, count = lag_gain_correlation(_t(g.mean(-1)), _t(y), torch.from_numpy(mask), 3, [0.5, 0.3, 0.2])
     assert float(value) == pytest.approx(want_value, abs=1e-5)
-    np.testing.assert_allclose(per_lag, want_per_lag, atol=1e-5)
-    assert count == want_count == 5
+    np.testing.assert_allclose(per_lag.numpy(), want_per_lag, atol=1e-5)
+    assert int(count) == want_count == 5
 
 
 def test_retention_loss_hand_value_and_gradient():
@@ -192,6 +218,7 @@ def test_warmup_schedule_values(epoch0, warmup, cosine, expected):
 # ------------------------------------------------------------------------------------ padding
 
 def _tiny_batch_and_output(seed=0):
+    """A batch with padding and reduced outputs built from random non-negative mastery and gains."""
     gen = torch.Generator().manual_seed(seed)
     B, L, C = 3, 6, 4
     mask = torch.ones(B, L, dtype=torch.bool)
@@ -201,24 +228,23 @@ def _tiny_batch_and_output(seed=0):
     r = torch.randint(0, 2, (B, L), generator=gen)
     y = torch.randint(0, 2, (B, L), generator=gen).float()
     batch = Batch(c=c, r=r, q=c, y=y, mask=mask, score=mask, rows=torch.arange(B))
-    out = ModelOutput(logits=torch.randn(B, L, generator=gen), mastery=torch.rand(B, L, C, generator=gen),
-                      gains=torch.rand(B, L, C, generator=gen) - 0.2)
-    return batch, out
+    m, g = torch.rand(B, L, C, generator=gen), torch.rand(B, L, C, generator=gen)
+    steps = steps_from_full(m, g, c, c, cap_excess=torch.rand(B, L, generator=gen))
+    return batch, ModelOutput(logits=torch.randn(B, L, generator=gen), mastery=None, gains=None, steps=steps)
 
 
 def _all_terms(batch, out):
-    m, g, c, r, y, mask = out.mastery, out.gains, batch.c, batch.r, batch.y, batch.mask
+    st, c, r, y, mask = out.steps, batch.c, batch.r, batch.y, batch.mask
+    big_g = st.gain_sum / st.num_c
     return {
         "bce": bce_loss(out.logits, y, mask),
-        "non_negative": non_negative_loss(g, mask),
-        "monotonicity": monotonicity_loss(m, mask),
-        "mastery_performance": mastery_performance_loss(m, c, r, mask),
-        "gain_performance": gain_performance_loss(g, c, r, mask, 0.1),
-        "sparsity": sparsity_loss(g, c, mask),
-        "consistency": consistency_loss(m, g, mask, 0.1),
-        "alignment": sum(alignment_correlations(m, g, y, mask, True, 2)),
-        "alignment_raw": sum(alignment_correlations(m, g, y, mask, False, 2)),
-        "lag": lag_gain_correlation(g, y, mask, 3, [0.5, 0.3, 0.2])[0],
+        "mastery_performance": mastery_performance_loss(st.mastery_at_c, r, mask),
+        "gain_performance": gain_performance_loss(st.gain_at_c, r, mask, 0.1),
+        "sparsity": sparsity_loss(st.gain_sum, st.gain_at_c, mask, st.num_c),
+        "consistency": consistency_loss(st.cap_excess, mask, st.num_c),
+        "alignment": sum(alignment_correlations(st.mastery_mean, big_g, y, mask, True, 2)),
+        "alignment_raw": sum(alignment_correlations(st.mastery_mean, big_g, y, mask, False, 2)),
+        "lag": lag_gain_correlation(big_g, y, mask, 3, [0.5, 0.3, 0.2])[0],
     }
 
 
@@ -226,11 +252,11 @@ def test_padded_values_change_no_loss_term():
     batch, out = _tiny_batch_and_output()
     pad = ~batch.mask
     gen = torch.Generator().manual_seed(9)
-    noisy = ModelOutput(
-        logits=torch.where(pad, 100 * torch.randn(pad.shape, generator=gen), out.logits),
-        mastery=torch.where(pad.unsqueeze(-1), torch.rand(out.mastery.shape, generator=gen), out.mastery),
-        gains=torch.where(pad.unsqueeze(-1), -5 * torch.rand(out.gains.shape, generator=gen), out.gains),
-    )
+    noisy_steps = out.steps._replace(**{
+        k: torch.where(pad, 5 * torch.rand(pad.shape, generator=gen), v)
+        for k, v in out.steps._asdict().items() if isinstance(v, torch.Tensor)})
+    noisy = ModelOutput(logits=torch.where(pad, 100 * torch.randn(pad.shape, generator=gen), out.logits),
+                        mastery=None, gains=None, steps=noisy_steps)
     noisy_batch = Batch(c=torch.where(pad, 3 - batch.c, batch.c), r=torch.where(pad, 1 - batch.r, batch.r),
                         q=batch.q, y=torch.where(pad, 1 - batch.y, batch.y), mask=batch.mask, score=batch.score,
                         rows=batch.rows)
@@ -242,10 +268,89 @@ def test_padded_values_change_no_loss_term():
 def test_terms_of_an_all_padding_batch_are_zero_and_keep_the_graph():
     batch, out = _tiny_batch_and_output()
     batch.mask = torch.zeros_like(batch.mask)
-    out = ModelOutput(*(t.requires_grad_(True) for t in out))
+    steps = out.steps._replace(**{k: v.requires_grad_(True) for k, v in out.steps._asdict().items()
+                                  if isinstance(v, torch.Tensor)})
+    out = ModelOutput(logits=out.logits.requires_grad_(True), mastery=None, gains=None, steps=steps)
     for name, term in _all_terms(batch, out).items():
         assert term.item() == 0.0, name
         assert term.requires_grad, name
+
+
+def _definition_parts(model_out, batch, params, objective):
+    """Every weighted term from full (B, L, C) mastery and gains, as SPEC §5 writes them (one-hot masks and all)."""
+    m, g, c, r, y, mask = model_out.mastery, model_out.gains, batch.c, batch.r, batch.y, batch.mask
+    w = objective.effective_constraint_weights()
+    cons, _ = _definition_consistency(model_out.m0, g, mask, params["mastery_gain_scale"])
+    pair = (mask[:, :-1] & mask[:, 1:]).unsqueeze(-1).expand_as(m[:, 1:])
+    other = mask.unsqueeze(-1) & ~torch.nn.functional.one_hot(c, g.shape[-1]).bool()
+    m_c, g_c = _at(m, c), _at(g, c)
+    correct, wrong = mask & (r == 1), mask & (r == 0)
+    mean = lambda x, sel: torch.where(sel, x, 0.0).sum() / sel.sum().clamp(min=1)  # noqa: E731
+    terms = {
+        "non_negative": mean(torch.relu(-g), mask.unsqueeze(-1).expand_as(g)),
+        "monotonicity": mean(torch.relu(m[:, :-1] - m[:, 1:]), pair),
+        "mastery_performance": mean(1 - m_c, correct) + mean(m_c, wrong),
+        "gain_performance": torch.relu(mean(g_c, wrong) - mean(g_c, correct) + params["gain_performance_margin"]),
+        "sparsity": mean(g.abs(), other),
+        "consistency": cons,
+    }
+    parts = {k: w[k] * v for k, v in terms.items()}
+    rho_m, rho_g = alignment_correlations(m.mean(-1), g.mean(-1), y, mask, params["use_residual_alignment"],
+                                          params["alignment_residual_window"])
+    parts["alignment"] = -(rho_m + rho_g) * objective.effective_alignment_weight
+    value, _, _ = lag_gain_correlation(g.mean(-1), y, mask, params["lag_max_lag"], [0.5, 0.3, 0.2])
+    parts["lag"] = -params["lag_gain_weight"] * value.clamp(min=0)
+    parts["retention"] = retention_loss(masked_pearson(m.mean(-1), y, mask), objective.peak_mastery_corr,
+                                        params["retention_delta"], params["retention_weight"])
+    return parts
+
+
+def test_objective_of_the_reduced_pass_equals_the_full_tensor_definitions():
+    """Every term from per-step values (no (B, L, C) tensor) equals SPEC §5 on full mastery and gains."""
+    params = _params(seq_len=13, d_model=16, n_heads=2, num_encoder_blocks=1, d_ff=16, dropout=0.0,
+                     mastery_gain_scale=0.5, warmup_constraint_epochs=1, non_negative_loss_weight=0.3)
+    torch.manual_seed(0)
+    model = GainAKT3Exp.from_params(params, num_c=7).eval()
+    gen = torch.Generator().manual_seed(2)
+    B, L = 6, 12
+    c, r, q = (torch.randint(0, 7, (B, L), generator=gen), torch.randint(0, 2, (B, L), generator=gen),
+               torch.randint(0, 7, (B, L), generator=gen))
+    mask = torch.ones(B, L, dtype=torch.bool)
+    mask[1, 7:], mask[4, 2:] = False, False
+    batch = Batch(c=c, r=r, q=q, y=torch.randint(0, 2, (B, L), generator=gen).float() * mask, mask=mask,
+                  score=mask, rows=torch.arange(B))
+    objective = Objective(params)
+    objective.end_epoch(0, mastery_correlation=0.3, global_mastery_corr=0.9, mean_mastery_variance=1.0,
+                        alignment_share=0.0)
+    objective.end_epoch(1, mastery_correlation=0.3, global_mastery_corr=0.0, mean_mastery_variance=1.0,
+                        alignment_share=0.0)
+    objective.begin_epoch(5)  # every term in force: lag (epoch 1 + 3), retention (a drop below the peak)
+    assert objective.lag_active and objective.retention_active
+    with torch.no_grad():
+        full = model(c, r, q)
+        m0 = torch.sigmoid(model.mastery_head(_first_h(model, c, r)))  # m_0 (B, C)
+        total, parts = objective(model(c, r, q, reduced=True), batch)
+    assert float((full.mastery[:, 0] - m0).abs().max()) < 1e-6
+    want = _definition_parts(_Full(full.mastery, full.gains, m0), batch, params, objective)
+    for name, value in want.items():
+        assert float(parts[name]) == pytest.approx(float(value), abs=2e-6), name
+    assert float(want["consistency"]) > 0 and float(want["retention"]) > 0  # the cap and retention are exercised
+    assert float(parts["non_negative"]) == 0.0 and float(parts["monotonicity"]) == 0.0
+
+
+class _Full:
+    def __init__(self, mastery, gains, m0):
+        self.mastery, self.gains, self.m0 = mastery, gains, m0
+
+
+def _first_h(model, c, r):
+    """H after the encoder at step 0 (what m_0 reads)."""
+    x = c + model.num_c * r
+    pos = model.pos_emb.weight[: c.shape[1]]
+    h, v = model.context_emb(x) + pos, model.value_emb(x) + pos
+    for block in model.blocks:
+        h, v = block(h, v)
+    return h[:, 0]
 
 
 # ------------------------------------------------------------------------------------ Objective
@@ -254,12 +359,17 @@ def _params(**overrides):
     return dict(DEFAULTS, **overrides)
 
 
+def _floats(parts):
+    return {k: float(v) if v.dim() == 0 else v.tolist() for k, v in parts.items()}
+
+
 def test_disabled_enhanced_constraints_leave_pure_bce():
     batch, out = _tiny_batch_and_output()
     objective = Objective(_params(enhanced_constraints=False, enable_alignment_loss=False,
                                   enable_lag_gain_loss=False, enable_retention_loss=False))
     objective.begin_epoch(20)
     total, parts = objective(out, batch)
+    parts = _floats(parts)
     assert float(total) == float(bce_loss(out.logits, batch.y, batch.mask))
     assert all(parts[name] == 0.0 for name in
                ("non_negative", "monotonicity", "mastery_performance", "gain_performance", "sparsity",
@@ -271,10 +381,11 @@ def test_total_is_the_sum_of_its_logged_parts():
     objective = Objective(_params(warmup_constraint_epochs=2, non_negative_loss_weight=0.5))
     objective.begin_epoch(4)  # lag active from 1-based epoch 2 + 3 = 5
     total, parts = objective(out, batch)
+    parts = _floats(parts)
     assert objective.lag_active and parts["lag_count"] > 0
     terms = ("non_negative", "monotonicity", "mastery_performance", "gain_performance", "sparsity", "consistency")
     assert parts["constraint_total"] == pytest.approx(sum(parts[k] for k in terms), abs=1e-6)
-    assert parts["non_negative"] == pytest.approx(0.5 * float(non_negative_loss(out.gains, batch.mask)))
+    assert parts["non_negative"] == 0.0  # ReLU gains: identically zero whatever its weight
     assert float(total) == pytest.approx(
         parts["bce"] + parts["constraint_total"] + parts["alignment"] + parts["lag"] + parts["retention"], abs=1e-6)
     # w_eff = alignment_weight 0.25 x alignment warm-up (4+1)/8 x adaptive 1 (no reference correlation yet)
@@ -312,8 +423,8 @@ def test_retention_activates_after_a_drop_below_peak_and_trains_the_model():
     torch.manual_seed(0)
     model = GainAKT3Exp.from_params(params, num_c=4)
     batch, _ = _tiny_batch_and_output()
-    total, parts = objective(model(batch.c, batch.r, batch.q), batch)
-    assert parts["retention"] > 0
+    total, parts = objective(model(batch.c, batch.r, batch.q, reduced=True), batch)
+    assert float(parts["retention"]) > 0
     # with constraints and alignment off, only retention reaches the mastery head
     (grad,) = torch.autograd.grad(total, model.mastery_head.weight)
     assert grad.abs().sum() > 0
@@ -373,4 +484,5 @@ def test_weight_on_a_missing_head_is_a_config_error():
     objective = Objective(_params())
     batch, out = _tiny_batch_and_output()
     with pytest.raises(ConfigError, match="use_mastery_head"):
-        objective(out._replace(mastery=None), batch)
+        objective(out._replace(steps=out.steps._replace(mastery_mean=None, mastery_at_c=None, mastery_at_q=None)),
+                  batch)

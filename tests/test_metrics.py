@@ -17,9 +17,10 @@ import torch
 from scipy.stats import pearsonr
 
 from gainakt3exp import data, metrics, trajectory
+from gainakt3exp.cumulative import steps_from_full
 from gainakt3exp.data import Batch
 
-Out = namedtuple("Out", "logits mastery gains")
+Out = namedtuple("Out", "logits mastery gains steps", defaults=(None,))
 C = 6
 
 
@@ -47,13 +48,17 @@ class StandIn(torch.nn.Module):
         self.mastery, self.gains = mastery, gains
         self.seen = []  # (training, grad enabled) at each forward
 
-    def forward(self, c, r, q, *, logits=True, interpretation=True):
+    def forward(self, c, r, q, *, logits=True, interpretation=True, reduced=False):
         self.seen.append((self.training, torch.is_grad_enabled()))
         y = (q % 2).float()[..., None]
         k = torch.arange(C, dtype=torch.float)
         m = 0.5 * y + 0.1 * k / C if self.mastery and interpretation else None
         g = (1 - y) * (k + 1) / C if self.gains and interpretation else None
-        return Out(((q % 3) - 1).float() if logits else None, m, g)
+        z = ((q % 3) - 1).float() if logits else None
+        if reduced:  # per-step values, as GainAKT3Exp's reduced pass gives them
+            steps = steps_from_full(m, g, c, q) if m is not None or g is not None else None
+            return Out(z, None, None, steps)
+        return Out(z, m, g)
 
 
 def _seqs(n=23, width=12, seed=0, truth=True):
@@ -248,6 +253,28 @@ def test_partial_passes_of_the_real_model_equal_one_full_pass():
         metrics.global_alignment_from_outputs(metrics.select_rows(out, strat)), abs=1e-6)
     assert metrics.prediction_metrics(model, seqs, 8, "cpu", use_score_mask=False) == pytest.approx(
         metrics.prediction_from_outputs(out, use_score_mask=False), abs=1e-6)
+
+
+def test_reduced_pass_of_the_real_model_gives_the_full_pass_per_step_values():
+    """collect_outputs(per_skill=False) runs the reduced pass (no (B, L, C) tensors): the same logits, skill means
+    and target mastery as the full pass, so prediction, global and correlation metrics agree."""
+    from gainakt3exp.model import GainAKT3Exp
+
+    ns = _seqs(n=40, seed=19)
+    seqs = data.Sequences(concepts=ns.concepts, responses=ns.responses, selectmasks=ns.selectmasks,
+                          uids=np.arange(40), lengths=ns.lengths, truth=ns.truth.astype(np.float32),
+                          source="memory", file_hash="0")
+    torch.manual_seed(0)
+    model = GainAKT3Exp(num_c=C, seq_len=12, d_model=16, n_heads=2, num_encoder_blocks=2, d_ff=24, dropout=0.1,
+                        emb_type="qid", use_mastery_head=True, use_gain_head=True, mastery_gain_scale=0.5)
+    full = metrics.collect_outputs(model, seqs, np.arange(40), 8, "cpu")
+    reduced = metrics.collect_outputs(model, seqs, np.arange(40), 8, "cpu", per_skill=False)
+    for key in ("logits", "mastery_mean", "gain_mean", "target_mastery", "mask", "y", "truth"):
+        torch.testing.assert_close(reduced[key], full[key], rtol=1e-5, atol=1e-6, equal_nan=True)
+    assert reduced["mastery_row_mean"] is None and reduced["violations"] == {}
+    strat = metrics.stratified_rows(seqs.lengths, 15)
+    assert metrics.global_alignment_from_outputs(metrics.select_rows(reduced, strat)) == pytest.approx(
+        metrics.global_alignment_from_outputs(metrics.select_rows(full, strat)), abs=1e-6)
 
 
 def test_real_make_batch_gives_the_same_metrics_as_the_local_builder(monkeypatch):

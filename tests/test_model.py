@@ -44,12 +44,14 @@ def test_prediction_mastery_and_gains_ignore_future_responses():
     model = _model()
     c, r, q = _inputs()
     with torch.no_grad():
-        base = model(c, r, q)
+        base, base_steps = model(c, r, q), model(c, r, q, reduced=True).steps
         for t in range(L - 1):
             r_flip = r.clone()
             r_flip[:, t + 1:] = 1 - r_flip[:, t + 1:]
-            flipped = model(c, r_flip, q)
-            for a, b in zip(base, flipped):
+            flipped, flipped_steps = model(c, r_flip, q), model(c, r_flip, q, reduced=True).steps
+            for a, b in zip(base[:3], flipped[:3]):
+                torch.testing.assert_close(a[:, : t + 1], b[:, : t + 1], rtol=0, atol=1e-6)
+            for a, b in zip(base_steps[:-1], flipped_steps[:-1]):  # the reduced pass too (num_c is last)
                 torch.testing.assert_close(a[:, : t + 1], b[:, : t + 1], rtol=0, atol=1e-6)
             assert not torch.allclose(base.logits[:, t + 1:], flipped.logits[:, t + 1:])  # the flip is seen later
 
@@ -120,7 +122,7 @@ def test_forward_is_deterministic_under_deterministic_algorithms():
             model = _model().train()
             outs.append(model(*_inputs()))
             outs[-1].logits.sum().backward()
-        for a, b in zip(*outs):
+        for a, b in zip(outs[0][:3], outs[1][:3]):
             assert torch.equal(a, b)
     finally:
         torch.use_deterministic_algorithms(previous)
@@ -131,7 +133,7 @@ def test_forward_runs_under_bf16_autocast():
     model = _model()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(*_inputs())
-    for t in out:
+    for t in out[:3]:
         assert t.dtype == torch.float32 and torch.isfinite(t).all()
     assert (out.mastery <= 1).all()
 
@@ -161,10 +163,10 @@ def test_golden_first_forward_and_loss_of_a_tiny_seeded_model():
     objective = Objective(params)
     objective.begin_epoch(0)
     with torch.no_grad():
-        out = model(c, r, q)
+        out = model(c, r, q, reduced=True)
         total, parts = objective(out, batch)
     assert round(float(out.logits.sum()), 6) == pytest.approx(GOLDEN["logits_sum"], abs=2e-6)
-    assert round(parts["bce"], 6) == pytest.approx(GOLDEN["bce"], abs=2e-6)
+    assert round(float(parts["bce"]), 6) == pytest.approx(GOLDEN["bce"], abs=2e-6)
     assert round(float(total), 6) == pytest.approx(GOLDEN["total"], abs=2e-6)
 
 

@@ -134,3 +134,64 @@ def test_bf16_autocast_trains_with_finite_losses(tiny_params):
     sink = MemorySink()
     train_model({**tiny_params, "use_amp": True, "epochs": 1}, sink)
     assert math.isfinite(sink.metrics["train/loss"][0][1]) and 0 <= sink.metrics["val/auc"][0][1] <= 1
+
+
+# ------------------------------------------------------------------------------------ host syncs
+
+_SYNCS = ("item", "tolist", "numpy", "cpu", "__float__", "__int__", "__bool__", "__index__")
+
+
+def _syncs_of_one_epoch(params, rows, monkeypatch) -> int:
+    """Calls our code makes that read a tensor back to the host (each one a device sync on a GPU), in one
+    _train_epoch over `rows` of the training windows. Calls from torch itself (the optimizer's CPU step count) are
+    not ours and not counted."""
+    import inspect
+
+    import numpy as np
+
+    import dataclasses
+
+    from gainakt3exp import train as train_mod
+
+    data = train_mod.load_train_data(params)
+    seqs = dataclasses.replace(data.train, **{f.name: getattr(data.train, f.name)[np.asarray(rows)]
+                                              for f in dataclasses.fields(data.train)
+                                              if isinstance(getattr(data.train, f.name), np.ndarray)})
+    device = torch.device("cpu")
+    train_mod.seed_everything(params, device)
+    from gainakt3exp.losses import Objective
+    from gainakt3exp.model import GainAKT3Exp
+
+    model = GainAKT3Exp.from_params(params, data.spec.num_c)
+    optimizer = train_mod.build_optimizer(model, params)
+    count = [0]
+    for name in _SYNCS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, __original=original, **kwargs):
+            caller = inspect.currentframe().f_back
+            if caller.f_globals.get("__name__", "").startswith("gainakt3exp"):
+                count[0] += 1
+            return __original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    try:
+        train_mod._train_epoch(model, Objective(params), optimizer, seqs, params, device,
+                               torch.Generator().manual_seed(0), MemorySink(), 0, lambda *a: None)
+    finally:
+        monkeypatch.undo()
+    return count[0]
+
+
+def test_a_training_step_reads_nothing_back_from_the_device_except_the_monitor_metrics(tiny_params, monkeypatch):
+    """Host syncs per epoch do not grow with the number of batches; with monitor_freq each reading adds the
+    same number (the batch/loss and batch/bce read)."""
+    params = {**tiny_params, "batch_size": 8, "warmup_constraint_epochs": 1}  # 16 rows = 2 batches, 48 = 6
+    quiet = {**params, "monitor_freq": 0}
+    two, six = range(16), range(48)
+    assert _syncs_of_one_epoch(quiet, two, monkeypatch) == _syncs_of_one_epoch(quiet, six, monkeypatch)
+    watched = {**params, "monitor_freq": 2}  # 1 reading in 2 batches, 3 in 6
+    base = _syncs_of_one_epoch(quiet, two, monkeypatch)
+    one_reading = _syncs_of_one_epoch(watched, two, monkeypatch) - base
+    assert one_reading > 0
+    assert _syncs_of_one_epoch(watched, six, monkeypatch) == base + 3 * one_reading
