@@ -110,12 +110,14 @@ def data_hashes(params: dict) -> dict:
     return file_hashes(dataset_spec(params["dataset"], resolve_data_root(params["data_root"])))
 
 
-def check_data(params: dict) -> None:
+def check_inputs(params: dict) -> None:
     """Parse every file of the run's data set (train_valid, test, test_window), so a malformed file is refused,
-    naming file, line and problem, before any run exists. The parsed arrays land in the cache training reads."""
+    naming file, line and problem, before any run exists. The parsed arrays land in the cache training reads.
+    The run's device is checked too: a CUDA device this machine lacks is refused here, not in a FAILED run."""
     from .data import SPLITS, dataset_spec, load_split
-    from .train import resolve_data_root
+    from .train import resolve_data_root, resolve_device
 
+    resolve_device(params["device"])
     spec = dataset_spec(params["dataset"], resolve_data_root(params["data_root"]))
     for split in SPLITS:
         load_split(spec, split, params["fold"], params["seq_len"])
@@ -257,7 +259,7 @@ def launch(overrides: dict, profiles: list[str], short_title: str, experiment: s
     resolved = resolve_params(overrides, profiles)
     if not dry_run:  # a dead or refusing server fails in a second, before the data code imports torch
         tracking.check_server(tracking.tracking_uri())
-    check_data(resolved.params)  # a missing or malformed data set stops here, before any run exists
+    check_inputs(resolved.params)  # a missing or malformed data set stops here, before any run exists
     name = tracking.experiment_name(experiment)
     if dry_run:
         exp_id = _random_exp_id()
@@ -291,7 +293,7 @@ def reproduce(ref: str, echo=print, evaluate: bool = False) -> int:
     if diffs:
         raise ReproError(f"run {run_id}: its logged params disagree with its config.json; refusing to reproduce:\n"
                          + "\n".join(f"  - {d}" for d in diffs))
-    check_data(params)  # data changed or corrupted since the original run: refuse before creating a run
+    check_inputs(params)  # data changed or corrupted since the original run: refuse before creating a run
     changed = sorted(k for k, v in data_hashes(params).items() if config.get("data_hashes", {}).get(k) != v)
     if changed:
         echo(f"warning: data files differ from those the original run read: {', '.join(changed)} "

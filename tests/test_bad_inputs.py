@@ -121,6 +121,17 @@ def test_an_unknown_dataset_is_refused_listing_the_known_ones(synthetic_root, st
              "dataset='nope': unknown; known datasets in configs/data_config.json: assist2015, synthetic, synthetic_many")
 
 
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_a_cuda_device_this_machine_lacks_is_refused_before_any_run(synthetic_root, store_dir, device):
+    import torch
+
+    if torch.cuda.is_available() and device == "cuda":
+        pytest.skip("this machine has a CUDA device")
+    result = _launch(synthetic_root, "--device", device)
+    _refused(result, store_dir, f"device='{device}': this machine has")
+    assert "--device cpu" in result.output or "pick one of them" in result.output
+
+
 def test_an_unknown_profile_is_refused_listing_the_known_ones(synthetic_root, store_dir):
     result = invoke("launch", "--short_title", "bad", "--profile", "nope", "--data_root", str(synthetic_root))
     _refused(result, store_dir, "unknown profile 'nope'; known profiles:", "tiny")
