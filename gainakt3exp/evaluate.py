@@ -16,10 +16,13 @@ from . import data as data_mod
 
 def evaluate_model(params: dict, checkpoint: dict, *, max_correlation_students: int, batch_size: int,
                    device_name: str) -> dict:
-    """AUC/accuracy on train, valid, test and the pyKT window test; mastery/gain correlations on train and test."""
+    """AUC/accuracy on train, valid, test and the pyKT window test; true-mastery correlations (pooled and within
+    students, data with a truth file) on every row of train, valid and test; mastery/gain correlations on the
+    first max_correlation_students rows of train and test."""
+    import numpy as np
     import torch
 
-    from .metrics import prediction_metrics, semantic_metrics
+    from .metrics import collect_outputs, prediction_from_outputs, semantic_metrics, truth_from_outputs
     from .model import GainAKT3Exp
     from .train import resolve_data_root, resolve_device
 
@@ -33,13 +36,19 @@ def evaluate_model(params: dict, checkpoint: dict, *, max_correlation_students: 
     with torch.no_grad():
         for split in ("train", "valid", "test", "test_window"):
             seqs = data_mod.load_split(spec, split, params["fold"], params["seq_len"])
-            pred = prediction_metrics(model, seqs, batch_size, device, use_score_mask=split == "test_window")
+            # one reduced pass over every row: logits and the per-step mastery the truth metrics read
+            out = collect_outputs(model, seqs, np.arange(len(seqs)), batch_size, device, per_skill=False,
+                                  interpretation=split != "test_window")
+            pred = prediction_from_outputs(out, use_score_mask=split == "test_window")
             for key in ("auc", "accuracy", "loss", "n"):
                 results[f"{split}_{key}"] = pred[key]
+            if split != "test_window":
+                for key, value in truth_from_outputs(out).items():
+                    results[f"{split}_{key}"] = value
             if split in ("train", "test"):
                 sem = semantic_metrics(model, seqs, max_correlation_students, batch_size, device)
                 for key in ("mastery_correlation", "gain_correlation", "target_mastery_correlation",
-                            "true_mastery_correlation", "correlation_students"):
+                            "correlation_students"):
                     results[f"{split}_{key}"] = sem.get(key)
     results["eval_seconds"] = time.perf_counter() - start
     return results

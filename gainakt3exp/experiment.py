@@ -139,6 +139,7 @@ def build_config(resolved: Resolved, *, experiment_name: str, run_name: str, exp
         "profiles": resolved.profiles,
         "params": params,
         "fixed_constants": _fixed_constants(),
+        "objective_report": _objective_report(params),
         "code_version": code,
         "data_hashes": hashes,
         "commands": {
@@ -147,6 +148,12 @@ def build_config(resolved: Resolved, *, experiment_name: str, run_name: str, exp
             "reproduce": _env_prefix() + shlex.join(repro_command(exp_id)),
         },
     }
+
+
+def _objective_report(params: dict) -> dict:
+    from .losses import objective_report
+
+    return objective_report(params)
 
 
 def _fixed_constants() -> dict:

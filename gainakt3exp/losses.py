@@ -31,6 +31,8 @@ FIXED_CONSTANTS = {
     "lag_start_offset_epochs": 3,  # lag loss from 1-based epoch warmup_constraint_epochs + this
     "lag_min_pairs": 3,  # a row needs this many (G_t, y_{t+l}) pairs for its lag correlation
     "pearson_variance_eps": 1e-12,  # sum of squared deviations at or below this = zero variance (corr := 0)
+    "alignment_share_cap_on": "magnitude",  # the share-cap decay compares |alignment share| (SPEC §5)
+    "consistency_form": "telescoped",  # consistency from the cap excess at each row's last step (losses.consistency_loss)
 }
 
 CONSTRAINTS = ("non_negative", "monotonicity", "mastery_performance", "gain_performance", "sparsity", "consistency")
@@ -228,6 +230,76 @@ def warmup_scale(epoch0: int, warmup_epochs: int, cosine: bool) -> float:
     return 0.5 * (1.0 - math.cos(math.pi * frac)) if cosine else frac
 
 
+# ----------------------------------------------------------------------------------------------- the report
+
+def objective_report(params: dict) -> dict[str, dict[str, str]]:
+    """Which terms of the objective act in this configuration, and why: term -> {"status", "why"}.
+
+    status: "in force", "off" (switched off or weight 0), "identically zero" (its value is 0 by construction of
+    the model, whatever its weight: it is not computed), or "never active" (scheduled after the last epoch).
+    Printed at the start of every run, tagged (gakt.objective.<term>) and recorded in config.json.
+    """
+    p = params
+    gains, cumulative = p["use_gain_head"], p["use_gain_head"] and p["use_mastery_head"]
+    warm = p["warmup_constraint_epochs"]
+    schedule = "cosine" if p["enable_cosine_perf_schedule"] else "linear"
+    out = {"bce": {"status": "in force", "why": "BCE of the next response, every valid step"}}
+    why_on = {
+        "non_negative": "penalty on negative gains",
+        "monotonicity": "penalty on mastery decreasing (per-step mastery head)",
+        "mastery_performance": f"weight warmed up over {warm} epoch(s) ({schedule})",
+        "gain_performance": f"weight warmed up over {warm} epoch(s) ({schedule})",
+        "sparsity": "L1 on gains of the skills not practised at the step",
+        "consistency": "non-zero only where mastery reaches its cap at 1 (elsewhere m_t - m_{t-1} = scale * g_t by "
+                       "construction)",
+    }
+    for name in CONSTRAINTS:
+        weight = p[f"{name}_loss_weight"]
+        if not p["enhanced_constraints"]:
+            out[name] = {"status": "off", "why": "enhanced_constraints false forces the constraint weights to 0"}
+        elif weight <= 0:
+            out[name] = {"status": "off", "why": f"{name}_loss_weight 0"}
+        elif name == "non_negative" and gains:
+            out[name] = {"status": "identically zero", "why": "gains are ReLU outputs: relu(-g) = 0 everywhere"}
+        elif name == "monotonicity" and cumulative:
+            out[name] = {"status": "identically zero",
+                         "why": "with the gain head, mastery is a clamped cumulative sum of non-negative gains: it "
+                                "never decreases"}
+        else:
+            out[name] = {"status": "in force", "why": why_on[name]}
+    if not p["enable_alignment_loss"] or p["alignment_weight"] <= 0:
+        out["alignment"] = {"status": "off", "why": "enable_alignment_loss false or alignment_weight 0"}
+    else:
+        adaptive = " and adaptive (up to x3 while the mastery correlation is below target)" \
+            if p["adaptive_alignment"] else ""
+        out["alignment"] = {"status": "in force",
+                            "why": f"reward, warmed up over {p['alignment_warmup_epochs']} epoch(s){adaptive}; "
+                                   "its weight decays while |its loss share| exceeds alignment_share_cap"}
+    lag_start = warm + FIXED_CONSTANTS["lag_start_offset_epochs"]
+    if not p["enable_lag_gain_loss"] or p["lag_gain_weight"] <= 0 or p["lag_max_lag"] == 0:
+        out["lag"] = {"status": "off", "why": "enable_lag_gain_loss false, lag_gain_weight 0 or lag_max_lag 0"}
+    elif lag_start > p["epochs"]:
+        out["lag"] = {"status": "never active", "why": f"starts at epoch {lag_start} "
+                                                       f"(warmup_constraint_epochs + 3) but the run has {p['epochs']}"}
+    else:
+        out["lag"] = {"status": "in force", "why": f"reward, from epoch {lag_start}"}
+    if not p["enable_retention_loss"] or p["retention_weight"] <= 0:
+        out["retention"] = {"status": "off", "why": "enable_retention_loss false or retention_weight 0"}
+    elif max(warm + 1, 3) > p["epochs"]:  # after the warm-up, and a peak and a drop take two epochs before
+        out["retention"] = {"status": "never active", "why": f"can start at epoch {max(warm + 1, 3)} at the "
+                                                             f"earliest but the run has {p['epochs']}"}
+    else:
+        out["retention"] = {"status": "in force", "why": "conditional: after the warm-up, in epochs that follow a drop "
+                                                         "of the global mastery correlation below its peak"}
+    return out
+
+
+def format_objective_report(report: dict) -> str:
+    """The report as lines for the run's log."""
+    width = max(len(k) for k in report)
+    return "objective:\n" + "\n".join(f"  {k:<{width}}  {v['status']:<16}  {v['why']}" for k, v in report.items())
+
+
 # ----------------------------------------------------------------------------------------------- objective
 
 class Objective:
@@ -394,7 +466,9 @@ class Objective:
         - consistency rebalance (once per run): 1-based epoch >= consistency_rebalance_epoch and
           mastery_correlation < consistency_rebalance_threshold -> consistency weight := new weight
           (only while the consistency term is in force, i.e. its weight > 0).
-        - share-cap decay: enable_alignment_loss, alignment_share > alignment_share_cap and the reference corr
+        - share-cap decay: enable_alignment_loss, |alignment_share| > alignment_share_cap (its magnitude: alignment
+          is a reward, so its share is negative whenever it works; the seed compared the signed share and the
+          decay never fired) and the reference corr
           did not beat the previous peak -> alignment base weight *= decay factor, not below the floor (0.05,
           or the starting weight if that is lower).
         - variance floor: after variance_floor_patience consecutive epochs with mean_mastery_variance <
@@ -416,7 +490,7 @@ class Objective:
             self.weights["consistency"] = float(p["consistency_rebalance_new_weight"])
             self.rebalanced = True
 
-        if p["enable_alignment_loss"] and alignment_share > p["alignment_share_cap"] and not improved:
+        if p["enable_alignment_loss"] and abs(alignment_share) > p["alignment_share_cap"] and not improved:
             floor = min(FIXED_CONSTANTS["alignment_weight_floor"], float(p["alignment_weight"]))
             self.alignment_base_weight = max(floor, self.alignment_base_weight * p["alignment_share_decay_factor"])
 

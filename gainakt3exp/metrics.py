@@ -290,19 +290,32 @@ def semantic_from_outputs(out: dict) -> dict:
     res["mastery_correlation"] = m_corr
     res["gain_correlation"] = g_corr
     res["target_mastery_correlation"] = None
-    res["true_mastery_correlation"] = None
     if out["target_mastery"] is not None:
         res["target_mastery_correlation"] = _row_mean_pearson(out["target_mastery"], y, mask)[0]
-        if out["truth"] is not None:
-            truth = out["truth"]
-            ok = mask & torch.isfinite(truth)
-            res["true_mastery_correlation"] = _pooled_pearson(out["target_mastery"], truth, ok)
     res["correlation_students"] = m_k if out["mastery_mean"] is not None else g_k
     res.update(mastery_variance_stats(out["mastery_row_mean"], out["mastery_row_m2"], mask.sum(1)))
     for name in VIOLATIONS:
         counts = out["violations"].get(name)  # absent when its head is off
         tot = int(counts[1].sum()) if counts else 0
         res[f"{name}_violation_rate"] = int(counts[0].sum()) / tot if tot else None
+    return res
+
+
+def truth_from_outputs(out: dict) -> dict:
+    """Learned vs true mastery of the skill about to be answered, m_t[q_t] vs p*_t[q_t] (data with a truth file):
+
+    - true_mastery_correlation: Pearson pooled over every valid step with a finite truth (all collected rows);
+    - true_mastery_correlation_within: per row (student window) Pearson over its valid steps, averaged over the
+      rows where it is defined (>= 2 steps, both vary). Pooling rewards a constant per-student offset that says
+      nothing about how mastery moves within a history; the within-student value does not.
+    Both None without a mastery head or truth.
+    """
+    res = {"true_mastery_correlation": None, "true_mastery_correlation_within": None}
+    if out["target_mastery"] is None or out["truth"] is None:
+        return res
+    ok = out["mask"] & torch.isfinite(out["truth"])
+    res["true_mastery_correlation"] = _pooled_pearson(out["target_mastery"], out["truth"], ok)
+    res["true_mastery_correlation_within"] = _row_mean_pearson(out["target_mastery"], out["truth"], ok)[0]
     return res
 
 
@@ -361,8 +374,6 @@ def semantic_metrics(model: torch.nn.Module, seqs: Any, n_students: int, batch_s
     - mastery_correlation / gain_correlation: per row, Pearson over valid steps between M_t = mean_k m_t[k]
       (G_t = mean_k g_t[k]) and y_t; mean over rows where it is defined (>= 2 steps, both vary).
     - target_mastery_correlation: the same with m_t[q_t], the mastery of the skill about to be answered.
-    - true_mastery_correlation (synthetic data): Pearson pooled over valid steps with a finite truth between
-      m_t[q_t] and the true mastery of q_t.
     - mean/min/max_mastery_variance: see mastery_variance_stats.
     - {monotonicity,negative_gain,bounds}_violation_rate: violations / opportunities, see count_violations.
     - correlation_students: rows with a defined mastery correlation (gain correlation without mastery head);

@@ -80,6 +80,7 @@ def run_training(params: dict) -> dict:
     previous = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
         _record_run(client, run_id, resolved, data)
+        _report_objective(sink, params)
         results = train_model(
             params, sink, data,
             on_checkpoint=lambda blob: tracking.publish_bytes(client, run_id, "model_best.pth", blob),
@@ -104,11 +105,21 @@ def run_training(params: dict) -> dict:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _report_objective(sink, params: dict) -> None:
+    """Which objective terms act, which are identically zero and why: printed and tagged (also in config.json)."""
+    from .losses import format_objective_report, objective_report
+
+    report = objective_report(params)
+    click.echo(format_objective_report(report), err=True)
+    sink.set_tags({f"gakt.objective.{term}": entry["status"] for term, entry in report.items()})
+
+
 def _echo_epoch(info: dict) -> None:
     """One line per epoch on stderr, so a log shows progress even without a terminal."""
     m = info["metrics"]
     parts = [f"epoch {info['epoch']}"] + [f"{key} {m[key]:.4f}" for key in
-                                          ("train/loss", "val/auc", "val/accuracy", "trajectory/mastery_correlation",
+                                          ("train/loss", "train/objective", "val/loss", "val/auc", "val/accuracy",
+                                           "trajectory/mastery_correlation",
                                            "trajectory/gain_correlation") if key in m]
     click.echo("  ".join(parts) + f"  ({m.get('train/epoch_seconds', 0):.1f} s)", err=True)
 

@@ -32,6 +32,7 @@ from .metrics import (
     select_rows,
     semantic_from_outputs,
     stratified_rows,
+    truth_from_outputs,
 )
 from .model import GainAKT3Exp
 from .trajectory import epoch_metric_dict, loss_shares, trajectory_entry
@@ -224,7 +225,9 @@ def train_model(
         entry = trajectory_entry(epoch, values)
         lr = optimizer.param_groups[0]["lr"]
         epoch_seconds = time.perf_counter() - start
-        train = {"loss": train_stats["means"]["total"], "auc": train_stats["auc"], "learning_rate": lr,
+        # train/loss is the per-step BCE, the quantity val/loss measures; train/objective the whole objective
+        train = {"loss": train_stats["means"]["bce"], "objective": train_stats["means"]["total"],
+                 "auc": train_stats["auc"], "learning_rate": lr,
                  "epoch_seconds": epoch_seconds, "train_seconds": train_seconds,
                  "interactions_per_second": train_stats["interactions"] / max(train_seconds, 1e-9)}
         metrics = epoch_metric_dict(train, val, entry)
@@ -269,10 +272,12 @@ def validate_epoch(model, valid, params: dict, device) -> tuple[dict, dict, dict
     out = collect_outputs(model, valid, np.arange(len(valid)), params["batch_size"], device, per_skill=False)
     val = prediction_from_outputs(out, use_score_mask=False)
     n_semantic = min(params["max_semantic_students"], len(valid))
+    truth = truth_from_outputs(out)  # every validation row: cheap per-step values
     heads = model.mastery_head is not None or model.gain_head is not None
     semantic = semantic_from_outputs(
         collect_outputs(model, valid, np.arange(n_semantic), params["batch_size"], device, logits=False) if heads
         else select_rows(out, np.arange(n_semantic)))
+    semantic.update(truth)
     global_pass = {}
     if params["enable_global_alignment_pass"]:
         rows = stratified_rows(valid.lengths, params["alignment_global_students"])

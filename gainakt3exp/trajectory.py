@@ -76,7 +76,8 @@ def trajectory_entry(epoch: int, values: dict) -> dict:
     mean_lag_corr, lag_corr_count, consistency_loss_weight_current, sparsity_loss_weight_current,
     loss_shares {main, constraint_total, alignment, lag, retention}, mean/min/max_mastery_variance,
     per_lag_correlations (list); then target_mastery_correlation, the three *_violation_rate keys, and
-    true_mastery_correlation only when values holds a number for it (synthetic data).
+    true_mastery_correlation and true_mastery_correlation_within only when values holds a number for them
+    (data with a truth file, synthetic).
     A key missing from values, None or nan becomes None (JSON null); extra keys in values are ignored.
     """
     e: dict[str, Any] = {"epoch": int(epoch)}
@@ -89,8 +90,9 @@ def trajectory_entry(epoch: int, values: dict) -> dict:
     e["per_lag_correlations"] = [_clean(v) for v in (values.get("per_lag_correlations") or [])]
     for k in _ENTRY_KEYS_4:
         e[k] = _clean(values.get(k))
-    if _clean(values.get("true_mastery_correlation")) is not None:
-        e["true_mastery_correlation"] = _clean(values["true_mastery_correlation"])
+    for k in ("true_mastery_correlation", "true_mastery_correlation_within"):
+        if _clean(values.get(k)) is not None:
+            e[k] = _clean(values[k])
     return e
 
 

@@ -78,6 +78,11 @@ def test_launched_run_holds_params_trajectory_shares_and_artifacts(store):
     assert config["commands"]["train_explicit"].count(" -P ") == 65
     assert config["fixed_constants"]["dropout_mask_levels"] == 65536
     assert config["fixed_constants"]["pearson_variance_eps"] == 1e-12
+    # the objective report: which terms act, which are identically zero (gain head on) and why
+    assert config["objective_report"]["monotonicity"]["status"] == "identically zero"
+    assert run.data.tags["gakt.objective.monotonicity"] == "identically zero"
+    assert run.data.tags["gakt.objective.sparsity"] == "in force"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/objective")] == [1, 2]
     for tag in ("gakt.git_commit", "gakt.git_dirty", "gakt.torch_version", "gakt.mlflow_version", "gakt.device",
                 "gakt.data_hash"):
         assert run.data.tags[tag]

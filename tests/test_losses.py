@@ -486,3 +486,56 @@ def test_weight_on_a_missing_head_is_a_config_error():
     with pytest.raises(ConfigError, match="use_mastery_head"):
         objective(out._replace(steps=out.steps._replace(mastery_mean=None, mastery_at_c=None, mastery_at_q=None)),
                   batch)
+
+
+def test_share_cap_fires_on_a_negative_share_whose_size_exceeds_the_cap():
+    """Alignment is a reward: its share is negative when it works. The cap compares |share| (SPEC §5)."""
+    objective = Objective(_params(alignment_weight=0.25, alignment_share_cap=0.08, alignment_share_decay_factor=0.7,
+                                  alignment_warmup_epochs=0, adaptive_alignment=False))
+    kw = dict(mastery_correlation=0.3, mean_mastery_variance=1.0)
+    objective.end_epoch(0, global_mastery_corr=0.3, alignment_share=-0.5, **kw)  # a new peak: no decay
+    assert objective.alignment_base_weight == 0.25
+    objective.end_epoch(1, global_mastery_corr=0.2, alignment_share=-0.5, **kw)  # |-0.5| > 0.08, no gain
+    assert objective.alignment_base_weight == pytest.approx(0.175)
+    objective.end_epoch(2, global_mastery_corr=0.2, alignment_share=-0.05, **kw)  # |-0.05| <= 0.08
+    assert objective.alignment_base_weight == pytest.approx(0.175)
+
+
+def test_share_cap_fires_on_a_real_training_trajectory(tiny_params):
+    """A tiny run whose alignment share turns negative (the reward works) with a size above a small cap: the
+    base weight decays after every epoch that does not beat the peak correlation, negative shares included
+    (the seed compared the signed share, which never exceeds a positive cap once alignment works)."""
+    from gainakt3exp.tracking import MemorySink
+    from gainakt3exp.train import train_model
+
+    cap = 0.001
+    params = {**tiny_params, "epochs": 5, "alignment_warmup_epochs": 0, "adaptive_alignment": False,
+              "alignment_share_cap": cap, "alignment_weight": 0.5}
+    sink = MemorySink()
+    train_model(params, sink)
+    shares = [v for _, v in sink.metrics["loss_shares/alignment"]]
+    weights = [v for _, v in sink.metrics["weights/effective_alignment_weight"]]  # the weight each epoch used
+    peaks = [v for _, v in sink.metrics["trajectory/peak_mastery_corr"]]
+    fired_on_negative = 0
+    for e in range(1, len(weights)):  # epoch e's weight follows the controls at the end of epoch e - 1
+        improved = e == 1 or peaks[e - 1] > peaks[e - 2]
+        fires = abs(shares[e - 1]) > cap and not improved
+        assert weights[e] == pytest.approx(max(0.05, weights[e - 1] * 0.7) if fires else weights[e - 1]), e
+        fired_on_negative += fires and shares[e - 1] < 0
+    assert fired_on_negative >= 1, (shares, peaks)
+
+
+def test_objective_report_names_the_terms_that_are_identically_zero_with_the_gain_head():
+    from gainakt3exp.losses import objective_report
+
+    report = objective_report(_params(non_negative_loss_weight=0.2))
+    assert report["monotonicity"]["status"] == "identically zero" and "never decreases" in report["monotonicity"]["why"]
+    assert report["non_negative"]["status"] == "identically zero" and "ReLU" in report["non_negative"]["why"]
+    assert report["consistency"]["status"] == "in force" and "cap" in report["consistency"]["why"]
+    no_gain = objective_report(_params(use_gain_head=False, non_negative_loss_weight=0.0,
+                                       gain_performance_loss_weight=0.0, sparsity_loss_weight=0.0,
+                                       consistency_loss_weight=0.0, enable_alignment_loss=False,
+                                       enable_lag_gain_loss=False))
+    assert no_gain["monotonicity"]["status"] == "in force"  # the per-step mastery head can decrease
+    short = objective_report(_params(epochs=5, warmup_constraint_epochs=8))
+    assert short["lag"]["status"] == "never active" and "epoch 11" in short["lag"]["why"]

@@ -199,7 +199,9 @@ def test_semantic_metrics_match_known_functions_of_the_labels(local_batches):
     q_all = np.concatenate([q for _, q, _, _ in ref])
     t_all = np.concatenate([t for *_, t, _ in ref])
     ok = np.isfinite(t_all)
-    assert res["true_mastery_correlation"] == pytest.approx(pearsonr((0.5 * y_all + 0.1 * q_all / C)[ok], t_all[ok])[0])
+    truth = metrics.truth_from_outputs(metrics.collect_outputs(model, seqs, np.arange(15), 4, "cpu"))
+    assert truth["true_mastery_correlation"] == pytest.approx(
+        pearsonr((0.5 * y_all + 0.1 * q_all / C)[ok], t_all[ok])[0])
     # var of m[:, :, k] over valid steps = 0.25 var(y) for every skill (population variance)
     assert res["mean_mastery_variance"] == pytest.approx(0.25 * y_all.var())
     assert res["min_mastery_variance"] == pytest.approx(0.25 * y_all.var())
@@ -208,6 +210,25 @@ def test_semantic_metrics_match_known_functions_of_the_labels(local_batches):
     pairs = sum(max(len(y) - 1, 0) for y, *_ in ref)
     assert res["monotonicity_violation_rate"] == pytest.approx(drops / pairs)
     assert res["negative_gain_violation_rate"] == 0.0 and res["bounds_violation_rate"] == 0.0
+
+
+def test_within_student_truth_correlation_equals_a_naive_per_row_loop(local_batches):
+    """Per row: Pearson of m_t[q_t] and the truth over valid steps with a finite truth; mean over rows where it is
+    defined (>= 2 such steps, both vary). Reference: np.corrcoef row by row."""
+    seqs = _seqs(n=40, seed=23)
+    out = metrics.collect_outputs(StandIn(), seqs, np.arange(40), 6, "cpu")
+    got = metrics.truth_from_outputs(out)["true_mastery_correlation_within"]
+    ref = _reference_steps(seqs, range(40))
+    rows = []
+    for y, q, t, _ in ref:
+        m = 0.5 * y + 0.1 * q / C  # StandIn's m_t[q_t]
+        ok = np.isfinite(t)
+        if ok.sum() >= 2 and np.ptp(m[ok]) > 0 and np.ptp(t[ok]) > 0:
+            rows.append(np.corrcoef(m[ok], t[ok])[0, 1])
+    assert len(rows) >= 10
+    assert got == pytest.approx(np.mean(rows), abs=1e-6)  # float32 inputs
+    pooled = metrics.truth_from_outputs(out)["true_mastery_correlation"]
+    assert pooled != pytest.approx(got)  # two different questions
 
 
 def test_semantic_metrics_do_not_depend_on_batch_size(local_batches):
@@ -292,7 +313,8 @@ def test_real_make_batch_gives_the_same_metrics_as_the_local_builder(monkeypatch
 def test_semantic_metrics_without_gain_head_or_truth_report_none(local_batches):
     res = metrics.semantic_metrics(StandIn(gains=False), _seqs(truth=False), 10, 4, "cpu")
     assert res["gain_correlation"] is None and res["negative_gain_violation_rate"] is None
-    assert res["true_mastery_correlation"] is None
+    assert metrics.truth_from_outputs(metrics.collect_outputs(StandIn(gains=False), _seqs(truth=False), np.arange(10),
+                                                             4, "cpu"))["true_mastery_correlation"] is None
     assert res["mastery_correlation"] == pytest.approx(1.0)
     none = metrics.semantic_metrics(StandIn(mastery=False, gains=False), _seqs(), 10, 4, "cpu")
     assert none["mastery_correlation"] is None and none["mean_mastery_variance"] is None
