@@ -76,7 +76,41 @@ def simulate_students(students: int, skills: int, seed: int) -> dict:
     mastery = 1.0 / (1.0 + np.exp(-logit))
     response = (rng.random(len(student)) < GUESS + (1 - GUESS - SLIP) * mastery).astype(np.int64)
     return {"student": student, "skill": skill, "practice": practice, "mastery": mastery,
-            "response": response, "lengths": lengths}
+            "response": response, "lengths": lengths, "ability": ability, "difficulty": difficulty, "rate": rate}
+
+
+def split_students(students: int, seed: int) -> dict[str, np.ndarray]:
+    """Which simulated students go to train_valid_sequences.csv and to the test files, in file order."""
+    rng = np.random.default_rng([seed, 1])  # the split, independent of the simulation draws
+    perm = rng.permutation(students)
+    n_test = int(round(TEST_SHARE * students))
+    return {"train_valid": perm[n_test:], "test": perm[:n_test]}
+
+
+def all_skill_truth(sim: dict, ids: np.ndarray, maxlen: int) -> np.ndarray:
+    """True mastery of every skill before each step, p*_t[k], for the rows split_windows makes of students `ids`
+    (the rows of train_valid_sequences.csv or test_sequences.csv): (rows, maxlen, K) float32, NaN at padding.
+
+    p*_t[k] = sigmoid(a_s - d_k + BASE_LOGIT + lambda_sk * n_sk(t)), n_sk(t) = practices of k before step t of the
+    student's whole history (a window may start mid-history). Memory is rows x maxlen x K: for small K.
+    """
+    lengths = sim["lengths"][ids]
+    offsets_all = np.cumsum(sim["lengths"]) - sim["lengths"]
+    steps = np.repeat(offsets_all[ids], lengths) + np.arange(int(lengths.sum())) \
+        - np.repeat(np.cumsum(lengths) - lengths, lengths)  # the students' steps, back to back
+    sid = sim["student"][steps]
+    k = len(sim["difficulty"])
+    onehot = np.zeros((len(steps), k))
+    onehot[np.arange(len(steps)), sim["skill"][steps]] = 1.0
+    seen = np.cumsum(onehot, 0) - onehot  # practices before the step, counted from the group's first step ...
+    first = np.cumsum(lengths) - lengths
+    seen -= np.repeat(seen[first], lengths, axis=0)  # ... minus those of earlier students
+    p = 1.0 / (1.0 + np.exp(-(sim["ability"][sid, None] - sim["difficulty"] + BASE_LOGIT + sim["rate"][sid] * seen)))
+    student, start, length = split_windows(lengths, maxlen, MIN_SEQ_LEN)
+    idx = (first[student] + start)[:, None] + np.arange(maxlen)
+    valid = np.arange(maxlen) < length[:, None]
+    out = np.where(valid[..., None], p[np.minimum(idx, len(p) - 1)], np.nan).astype(np.float32)
+    return out
 
 
 def generate_synthetic(out_dir: Path, students: int, skills: int, seed: int, maxlen: int) -> dict:
@@ -88,10 +122,7 @@ def generate_synthetic(out_dir: Path, students: int, skills: int, seed: int, max
         raise ConfigError("synthetic data: " + "; ".join(problems))
     out_dir = Path(out_dir)
     sim = simulate_students(students, skills, seed)
-    rng = np.random.default_rng([seed, 1])  # the split, independent of the simulation draws
-    perm = rng.permutation(students)
-    n_test = int(round(TEST_SHARE * students))
-    groups = {"train_valid": perm[n_test:], "test": perm[:n_test]}
+    groups = split_students(students, seed)
     offsets_all = np.cumsum(sim["lengths"]) - sim["lengths"]
     counts = {}
     for group, ids in groups.items():

@@ -77,3 +77,29 @@ def test_truth_rows_match_the_sequence_rows(tmp_path):
 def test_invalid_arguments_are_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="students 3 must be >= 10; skills 0 must be >= 1"):
         generate_synthetic(tmp_path, students=3, skills=0, seed=1, maxlen=200)
+
+
+def test_all_skill_truth_of_the_practised_skill_equals_the_truth_file(tmp_path):
+    """The generator's law recomputed for every skill (from the seed) gives, at each practised skill, the truth
+    file's value (written to 4 decimals); the other skills follow the same law with their own practice counts."""
+    import numpy as np
+
+    from gainakt3exp.data import read_sequences
+    from gainakt3exp.synthetic import all_skill_truth, generate_synthetic, simulate_students, split_students
+
+    generate_synthetic(tmp_path, students=300, skills=10, seed=5, maxlen=200)
+    sim, groups = simulate_students(300, 10, 5), split_students(300, 5)
+    for name, group, truth in (("train_valid_sequences.csv", "train_valid", "true_mastery_sequences.csv"),
+                               ("test_sequences.csv", "test", "test_true_mastery_sequences.csv")):
+        seqs = read_sequences(tmp_path / name, 10, 200, truth_path=tmp_path / truth)
+        every = all_skill_truth(sim, groups[group], 200)  # (rows, 200, 10)
+        assert every.shape == (len(seqs), 200, 10)
+        valid = seqs.concepts != -1
+        at = np.take_along_axis(every, np.where(valid, seqs.concepts, 0)[..., None], 2)[..., 0]
+        assert np.abs(at - seqs.truth)[valid].max() <= 5.01e-5
+        assert np.isnan(every[~valid]).all() and np.isfinite(every[valid]).all()
+        # a skill never practised before keeps its starting mastery sigmoid(a - d + BASE_LOGIT)
+        row0 = every[0, 0]
+        sid = groups[group][0]
+        expected = 1 / (1 + np.exp(-(sim["ability"][sid] - sim["difficulty"] - 1.0)))
+        assert np.allclose(row0, expected, atol=1e-6)

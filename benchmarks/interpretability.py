@@ -1,0 +1,204 @@
+"""Does the learned mastery mean what it claims? Trains on synthetic students with known mastery and measures it.
+
+    .venv/bin/python benchmarks/interpretability.py                        # the acceptance configuration
+    .venv/bin/python benchmarks/interpretability.py --profile quickstart --epochs 10      # a profile, 10 epochs
+    .venv/bin/python benchmarks/interpretability.py --students 800 --skills 1200 --profile cpu-tuned --many
+
+The data: `gakt-data synth` students (--students, --skills, --seed), written to --data_root (a tmp folder by
+default) as the built-in data set `synthetic` (<= 20 skills) or `synthetic_many` (<= 1,200). A run of
+train.train_model with the defaults, then each --profile, then --epochs and each --override (the best epoch's
+weights are measured). For the validation and test rows, against the true mastery p*_{t+1}[q_t] of the skill
+about to be answered (the generator's law), four per-step quantities:
+  mastery           the model's m_t[q_t]
+  prediction        the model's P(correct) = sigmoid(z_t)
+  practice_count    earlier attempts of q_t in the window (a counter: what "mastery grows with practice" gives free)
+  running_accuracy  (correct + 1) / (attempts + 2) over the earlier attempts of q_t in the window
+each with three statistics: pooled (Pearson over all valid steps), within (Pearson per row = student window,
+averaged over rows where defined) and spearman (rank correlation, pooled). AUC of the model and of the oracle
+(the true P(correct) = GUESS + (1 - GUESS - SLIP) p*, the best any model can do) on the same steps.
+With <= 100 skills, also every skill: m_t[k] vs p*_{t+1}[k] recomputed from the generator's seed
+(truth_all_skills: pooled over (step, skill) cells, within per row, spearman).
+Prints one JSON line: `auc`, `oracle_auc` (test), `truth.<source>.<split>.<stat>`, `truth_all_skills.<split>.<stat>`,
+the parameters and timings.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+from common import Bench, Timer, emit, machine_cores, parse_overrides, peak_rss_kib, run
+from gainakt3exp import data as data_mod
+from gainakt3exp import metrics
+from gainakt3exp.model import GainAKT3Exp
+from gainakt3exp.params import resolve_params
+from gainakt3exp.synthetic import all_skill_truth, generate_synthetic, simulate_students, split_students
+from gainakt3exp.tracking import MemorySink
+from gainakt3exp.train import load_checkpoint, load_train_data, resolve_device, train_model
+
+#: The acceptance configuration of the issue: 1000 students x 20 skills, seed 7, the tuned CPU profile.
+ACCEPTANCE = {"students": 1000, "skills": 20, "seed": 7, "profile": ["cpu-tuned"]}
+SOURCES = ("mastery", "prediction", "practice_count", "running_accuracy")
+MAX_ALL_SKILLS = 100
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--students", type=int, default=ACCEPTANCE["students"])
+    parser.add_argument("--skills", type=int, default=ACCEPTANCE["skills"])
+    parser.add_argument("--seed", type=int, default=ACCEPTANCE["seed"], help="seed of the synthetic students")
+    parser.add_argument("--profile", action="append", default=None, metavar="NAME",
+                        help=f"parameter profile (repeatable; default {ACCEPTANCE['profile']})")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs (default: the profile's)")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--data_root", default=None, help="where to write the students (default: a tmp folder)")
+    parser.add_argument("--threads", type=int, default=machine_cores())
+    return parser.parse_args(argv)
+
+
+def dataset_for(skills: int) -> str:
+    if skills <= 20:
+        return "synthetic"
+    if skills <= 1200:
+        return "synthetic_many"
+    raise SystemExit(f"--skills {skills}: the built-in synthetic data sets hold at most 1,200 skills")
+
+
+def baselines(seqs, width: int) -> dict[str, np.ndarray]:
+    """practice_count and running_accuracy of q_t = c_{t+1} from the window's steps 0..t, (rows, width)."""
+    c, r = seqs.concepts, seqs.responses
+    n, w = c.shape
+    steps = min(width, w - 1)
+    count = np.zeros((n, steps))
+    correct = np.zeros((n, steps))
+    earlier = np.tri(steps, dtype=bool)  # [t, tau]: tau <= t
+    for lo in range(0, n, 256):  # (256, L, L) booleans at a time
+        cc, rr, q = c[lo:lo + 256, :steps], r[lo:lo + 256, :steps], c[lo:lo + 256, 1:steps + 1]
+        same = (cc[:, None, :] == q[:, :, None]) & earlier & (q[:, :, None] != -1)  # (rows, t, tau)
+        count[lo:lo + 256] = same.sum(-1)
+        correct[lo:lo + 256] = (same & (rr[:, None, :] == 1)).sum(-1)
+    return {"practice_count": count, "running_accuracy": (correct + 1.0) / (count + 2.0)}
+
+
+def _stats(x: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor) -> dict:
+    ok = mask & torch.isfinite(truth) & torch.isfinite(x)
+    pooled, _ = metrics.masked_row_pearson(x.reshape(1, -1), truth.reshape(1, -1), ok.reshape(1, -1))
+    corr, valid = metrics.masked_row_pearson(x, truth, ok)
+    xs, ts = x[ok].double().numpy(), truth[ok].double().numpy()
+    return {"pooled": float(pooled[0]), "within": float(corr[valid].mean()) if bool(valid.any()) else None,
+            "spearman": float(spearmanr(xs, ts).statistic), "within_rows": int(valid.sum()), "steps": int(ok.sum())}
+
+
+def measure_split(model, seqs, params, device) -> dict:
+    """Truth statistics of the four sources, model and oracle AUC over the split's valid steps."""
+    rows = np.arange(len(seqs))
+    out = metrics.collect_outputs(model, seqs, rows, params["batch_size"], device, per_skill=False)
+    mask, truth, width = out["mask"], out["truth"], out["mask"].shape[1]
+    sources = {"mastery": out["target_mastery"], "prediction": torch.sigmoid(out["logits"])}
+    sources.update({k: torch.from_numpy(v[:, :width]).float() for k, v in baselines(seqs, width).items()})
+    y = out["y"][mask].numpy()
+    result = {"truth": {name: _stats(x, truth, mask) for name, x in sources.items() if x is not None},
+              "auc": metrics.roc_auc(y, torch.sigmoid(out["logits"])[mask].numpy()),
+              "oracle_auc": metrics.roc_auc(y[np.isfinite(truth[mask].numpy())],
+                                            truth[mask].numpy()[np.isfinite(truth[mask].numpy())])}
+    return result
+
+
+def measure_all_skills(model, seqs, every: np.ndarray, params, device) -> dict:
+    """m_t[k] vs p*_{t+1}[k] for every skill k, per batch of rows (full mastery (B, L, C) of a batch only)."""
+    xs, ts, within = [], [], []
+    model.eval()
+    with torch.no_grad():
+        for lo in range(0, len(seqs), params["batch_size"]):
+            rows = np.arange(lo, min(lo + params["batch_size"], len(seqs)))
+            b = data_mod.make_batch(seqs, rows, device)
+            m = model(b.c, b.r, b.q).mastery.float()  # (B, L, C)
+            p = torch.from_numpy(every[rows, 1:m.shape[1] + 1, : m.shape[2]])  # p*_{t+1}[k]
+            ok = (b.mask.unsqueeze(-1) & torch.isfinite(p)).reshape(len(rows), -1)
+            corr, valid = metrics.masked_row_pearson(m.reshape(len(rows), -1), p.reshape(len(rows), -1), ok)
+            within.append(corr[valid])
+            xs.append(m.reshape(len(rows), -1)[ok])
+            ts.append(p.reshape(len(rows), -1)[ok])
+    x, t = torch.cat(xs), torch.cat(ts)
+    pooled, _ = metrics.masked_row_pearson(x.reshape(1, -1), t.reshape(1, -1), torch.ones(1, x.numel(), dtype=bool))
+    w = torch.cat(within)
+    return {"pooled": float(pooled[0]), "within": float(w.mean()) if w.numel() else None,
+            "spearman": float(spearmanr(x.double().numpy(), t.double().numpy()).statistic), "cells": int(x.numel())}
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    profiles = args.profile if args.profile is not None else ACCEPTANCE["profile"]
+    dataset = dataset_for(args.skills)
+    tmp = None if args.data_root else Path(tempfile.mkdtemp(prefix="gakt-interp-"))
+    root = Path(args.data_root) if args.data_root else tmp
+    try:
+        overrides = {"dataset": dataset, "data_root": str(root.resolve()), **parse_overrides(args.override)}
+        if args.epochs is not None:
+            overrides["epochs"] = args.epochs
+        resolved = resolve_params(overrides, profiles, check=False)  # the data set is written below
+        params = resolved.params
+        with Timer() as gen_t:
+            info = generate_synthetic(root / dataset, students=args.students, skills=args.skills, seed=args.seed,
+                                      maxlen=params["seq_len"])
+        resolve_params(overrides, profiles)  # now every check, the data set's included
+        device = resolve_device(params["device"])
+        best = {}
+        with Timer() as train_t:
+            results = train_model(params, MemorySink(), load_train_data(params),
+                                  on_checkpoint=lambda blob: best.update(blob=blob))
+        checkpoint = load_checkpoint(best["blob"])
+        model = GainAKT3Exp.from_params(params, checkpoint["num_c"]).to(device)
+        model.load_state_dict(checkpoint["state_dict"])
+        spec = data_mod.dataset_spec(dataset, root)
+        splits = {s: data_mod.load_split(spec, s, params["fold"], params["seq_len"]) for s in ("valid", "test")}
+        with Timer() as measure_t:
+            measured = {s: measure_split(model, seqs, params, device) for s, seqs in splits.items()}
+            every = {}
+            if args.skills <= MAX_ALL_SKILLS and model.mastery_head is not None:
+                sim, groups = simulate_students(args.students, args.skills, args.seed), split_students(args.students,
+                                                                                                     args.seed)
+                valid_rows = _fold_rows(spec, params)
+                truth_tv = all_skill_truth(sim, groups["train_valid"], params["seq_len"])
+                every = {"valid": measure_all_skills(model, splits["valid"], truth_tv[valid_rows], params, device),
+                         "test": measure_all_skills(model, splits["test"],
+                                                    all_skill_truth(sim, groups["test"], params["seq_len"]),
+                                                    params, device)}
+        flat = {"auc": measured["test"]["auc"], "oracle_auc": measured["test"]["oracle_auc"],
+                "valid_auc": measured["valid"]["auc"], "valid_oracle_auc": measured["valid"]["oracle_auc"]}
+        for split, m in measured.items():
+            for source, stats in m["truth"].items():
+                for stat in ("pooled", "within", "spearman"):
+                    flat[f"truth.{source}.{split}.{stat}"] = stats[stat]
+        for split, stats in every.items():
+            for stat in ("pooled", "within", "spearman"):
+                flat[f"truth_all_skills.{split}.{stat}"] = stats[stat]
+        bench = Bench(params=params, overrides=resolved.overrides, profiles=list(profiles), settings=vars(args))
+        emit("interpretability", bench, {
+            "train_seconds": train_t.wall, "generate_seconds": gen_t.wall, "measure_seconds": measure_t.wall,
+            "best_epoch": results["best_epoch"], "epochs_run": results["last_epoch"],
+            "best_val_auc": results["best_val_auc"], "data": {k: info[k] for k in ("students", "skills", "seed",
+                                                                                    "interactions")},
+            "measured": measured, "all_skills": every, "peak_rss_mib": peak_rss_kib() / 1024,
+            **{k: v for k, v in flat.items() if k in ("auc", "oracle_auc")}}, flat)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fold_rows(spec, params) -> np.ndarray:
+    """Rows of train_valid_sequences.csv that form the validation split (fold == params['fold']), in file order."""
+    lines = (spec.root / spec.train_valid_file).read_text().splitlines()[1:]
+    folds = np.array([int(line.split(",", 1)[0]) for line in lines if line])
+    return np.flatnonzero(folds == params["fold"])
+
+
+if __name__ == "__main__":
+    run(main)
