@@ -192,3 +192,62 @@ def _with_ones(v: torch.Tensor) -> torch.Tensor:
     """(n, L, D) -> (n * L, D + 1) with a ones column, so one matrix product applies weight and bias."""
     flat = v.reshape(-1, v.shape[-1])
     return torch.cat([flat, flat.new_ones(flat.shape[0], 1)], 1)
+
+
+# ------------------------------------------------------------------------------- gains of the practised skill only
+
+def mastery_link(m0: torch.Tensor, l0: torch.Tensor, s: torch.Tensor, scale: float, link: str) -> torch.Tensor:
+    """Mastery after cumulative gains S: clamp: min(1, m_0 + scale * S) (SPEC §4); logistic:
+    sigmoid(logit(m_0) + scale * S), gains in logit units (l0 = logit(m_0), the mastery head's output)."""
+    if link == "logistic":
+        return torch.sigmoid(l0 + scale * s)
+    return torch.clamp(m0 + scale * s, max=1.0)
+
+
+def practised_steps(g_c: torch.Tensor, l0: torch.Tensor, c: torch.Tensor, q: torch.Tensor, scale: float,
+                    link: str, num_c: int) -> StepValues:
+    """StepValues when a step's gain goes to the practised skill only (gain_scope practised_skill): g_t[k] = 0 for
+    k != c_t, so every per-skill sum reduces to sums over the window's own steps, (B, L, L) at most.
+
+    g_c (B, L) = g_t[c_t] >= 0; l0 (B, C) the mastery head's logits (m_0 = sigmoid(l0)); c, q (B, L).
+    S_t[k] = sum_{1 <= tau <= t, c_tau = k} g_c[tau]. A skill's mastery differs from m_0 only after its
+    practice, and between two practices it stays put, so at step t the skill practised at tau keeps the mastery
+    it reached at tau as long as tau is its last practice up to t (tau <= t < next practice of c_tau):
+        mean_k m_t[k] = mean_k m_0[k] + (1/C) sum_{live (t, tau)} (m_tau[c_tau] - m_0[c_tau])
+        cap excess E_t = sum_{live (t, tau)} relu(m_0[c_tau] + scale * S_tau[c_tau] - 1)   (clamp link)
+    Padding is trailing (the Batch contract), so padded steps never reach a valid step's sums.
+    """
+    b, l = g_c.shape
+    steps = torch.arange(l, device=g_c.device)
+    upto = (steps.view(1, l) <= steps.view(l, 1)) & (steps.view(1, l) >= 1)  # [t, tau]: 1 <= tau <= t
+    same_c = c.unsqueeze(2) == c.unsqueeze(1)  # (B, t, tau): the same skill
+    g = g_c.float()
+
+    def summed(match):  # (B, t, tau) bool -> sum over tau of g_c[tau] (B, L)
+        return torch.bmm((match & upto).to(g.dtype), g.unsqueeze(-1)).squeeze(-1)
+
+    m0 = torch.sigmoid(l0.float())
+    s_c, s_q = summed(same_c), summed(q.unsqueeze(2) == c.unsqueeze(1))
+    m0_c, m0_q = m0.gather(1, c), m0.gather(1, q)
+    m_c = mastery_link(m0_c, l0.float().gather(1, c), s_c, scale, link)
+    m_q = mastery_link(m0_q, l0.float().gather(1, q), s_q, scale, link)
+    later = same_c & (steps.view(1, l, 1) > steps.view(1, 1, l))  # (B, tau', tau): tau' > tau, same skill
+    nxt = torch.where(later.any(1), later.float().argmax(1), torch.full_like(c, l))  # next practice of c_tau
+    live = ((steps.view(1, l, 1) >= steps.view(1, 1, l)) & (steps.view(1, l, 1) < nxt.unsqueeze(1))).to(g.dtype)
+    mastery_mean = m0.mean(-1, keepdim=True) + torch.bmm(live, (m_c - m0_c).unsqueeze(-1)).squeeze(-1) / num_c
+    excess = None
+    if link == "clamp":
+        over = torch.relu(m0_c + scale * s_c - 1.0)
+        excess = torch.bmm(live, over.unsqueeze(-1)).squeeze(-1)
+    return StepValues(gain_sum=g, gain_at_c=g, mastery_mean=mastery_mean, mastery_at_c=m_c, mastery_at_q=m_q,
+                      cap_excess=excess, num_c=num_c)
+
+
+def practised_full(g_c: torch.Tensor, l0: torch.Tensor, c: torch.Tensor, scale: float, link: str,
+                   num_c: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full (B, L, C) gains and mastery of the practised-skill scope (evaluation passes that need every skill)."""
+    gains = torch.zeros(*c.shape, num_c, dtype=torch.float32, device=c.device).scatter_(
+        2, c.unsqueeze(-1), g_c.float().unsqueeze(-1))
+    s = torch.cat([torch.zeros_like(gains[:, :1]), gains[:, 1:]], 1).cumsum(1)
+    l0 = l0.float().unsqueeze(1)
+    return gains, mastery_link(torch.sigmoid(l0), l0, s, scale, link)

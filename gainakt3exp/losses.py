@@ -57,7 +57,7 @@ OBJECTIVE_PARAM_KEYS = (
     "enable_retention_loss", "retention_delta", "retention_weight",
     "enable_lag_gain_loss", "lag_gain_weight", "lag_max_lag", "lag_l1_weight", "lag_l2_weight", "lag_l3_weight",
     "consistency_rebalance_epoch", "consistency_rebalance_threshold", "consistency_rebalance_new_weight",
-    "variance_floor", "variance_floor_patience", "variance_floor_reduce_factor",
+    "variance_floor", "variance_floor_patience", "variance_floor_reduce_factor", "gain_scope",
 )
 
 
@@ -241,6 +241,7 @@ def objective_report(params: dict) -> dict[str, dict[str, str]]:
     """
     p = params
     gains, cumulative = p["use_gain_head"], p["use_gain_head"] and p["use_mastery_head"]
+    practised = gains and p["gain_scope"] == "practised_skill"
     warm = p["warmup_constraint_epochs"]
     schedule = "cosine" if p["enable_cosine_perf_schedule"] else "linear"
     out = {"bce": {"status": "in force", "why": "BCE of the next response, every valid step"}}
@@ -261,6 +262,9 @@ def objective_report(params: dict) -> dict[str, dict[str, str]]:
             out[name] = {"status": "off", "why": f"{name}_loss_weight 0"}
         elif name == "non_negative" and gains:
             out[name] = {"status": "identically zero", "why": "gains are ReLU outputs: relu(-g) = 0 everywhere"}
+        elif name == "sparsity" and practised:
+            out[name] = {"status": "identically zero",
+                         "why": "gain_scope practised_skill: skills not practised at a step get no gain"}
         elif name == "monotonicity" and cumulative:
             out[name] = {"status": "identically zero",
                          "why": "with the gain head, mastery is a clamped cumulative sum of non-negative gains: it "
@@ -411,7 +415,8 @@ class Objective:
             "monotonicity": lambda: zero if has_g else monotonicity_loss(out.mastery, mask),  # cumsum of g >= 0
             "mastery_performance": lambda: mastery_performance_loss(st.mastery_at_c, r, mask),
             "gain_performance": lambda: gain_performance_loss(st.gain_at_c, r, mask, p["gain_performance_margin"]),
-            "sparsity": lambda: sparsity_loss(st.gain_sum, st.gain_at_c, mask, st.num_c),
+            "sparsity": lambda: zero if self.params["gain_scope"] == "practised_skill"  # other skills' gains are 0
+            else sparsity_loss(st.gain_sum, st.gain_at_c, mask, st.num_c),
             "consistency": lambda: consistency_loss(st.cap_excess, mask, st.num_c),
         }
         parts: dict[str, torch.Tensor] = {"bce": bce.detach()}

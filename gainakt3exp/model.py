@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gainakt3exp.cumulative import StepValues, cumulative_steps, steps_from_full
+from gainakt3exp.cumulative import StepValues, cumulative_steps, practised_full, practised_steps, steps_from_full
 from gainakt3exp.errors import ConfigError
 
 #: Keys of the run parameter dict that build the model (num_c comes from the data set).
@@ -33,13 +33,21 @@ MODEL_PARAM_KEYS = (
     "use_mastery_head",
     "use_gain_head",
     "mastery_gain_scale",
+    "gain_scope",
+    "mastery_link",
+    "mastery_in_prediction",
+    "gain_head_init_scale",
 )
 
 SUPPORTED_EMB_TYPES = ("qid",)
+MASTERY_IN_PREDICTION = ("none", "logit", "logit_skill_free")
+GAIN_SCOPES = ("all_skills", "practised_skill")
+MASTERY_LINKS = ("clamp", "logistic")
 
 #: Fixed numbers of the model that are not run parameters (recorded in each config.json with the objective's).
 FIXED_CONSTANTS = {
     "dropout_mask_levels": 1 << 16,  # dropout p is used rounded to a multiple of 1 / this (see _Dropout)
+    "mastery_logit_eps": 1e-4,  # mastery_in_prediction logit: m clamped to [eps, 1 - eps] before the logit
 }
 
 
@@ -142,9 +150,27 @@ class GainAKT3Exp(nn.Module):
         use_mastery_head: bool,
         use_gain_head: bool,
         mastery_gain_scale: float,
+        gain_scope: str,
+        mastery_link: str,
+        mastery_in_prediction: str,
+        gain_head_init_scale: float,
     ):
         super().__init__()
         _check_architecture(num_c, seq_len, d_model, n_heads, num_encoder_blocks, d_ff, dropout, emb_type)
+        problems = []
+        if mastery_in_prediction not in MASTERY_IN_PREDICTION or (mastery_in_prediction != "none"
+                                                                  and not use_mastery_head):
+            problems.append(f"mastery_in_prediction={mastery_in_prediction!r}: use one of "
+                            f"{', '.join(MASTERY_IN_PREDICTION)} (logit... needs use_mastery_head true)")
+        if gain_scope not in GAIN_SCOPES:
+            problems.append(f"gain_scope={gain_scope!r}: use one of {', '.join(GAIN_SCOPES)}")
+        if mastery_link not in MASTERY_LINKS or (mastery_link == "logistic" and gain_scope != "practised_skill"):
+            problems.append(f"mastery_link={mastery_link!r}: use one of {', '.join(MASTERY_LINKS)} (logistic needs "
+                            "gain_scope practised_skill)")
+        if problems:
+            raise ConfigError("invalid model configuration: " + "; ".join(problems))
+        self.mastery_in_prediction = mastery_in_prediction
+        self.gain_scope, self.mastery_link = gain_scope, mastery_link
         self.num_c = num_c
         self.seq_len = seq_len
         self.use_mastery_head = use_mastery_head
@@ -155,6 +181,7 @@ class GainAKT3Exp(nn.Module):
         self.value_emb = nn.Embedding(2 * num_c, d_model)  # interaction token -> V_0
         self.concept_emb = nn.Embedding(num_c, d_model)  # query concept c_{t+1}
         self.pos_emb = nn.Embedding(seq_len, d_model)  # added to both streams
+
         self.blocks = nn.ModuleList(
             _EncoderBlock(d_model, n_heads, d_ff, dropout) for _ in range(num_encoder_blocks)
         )
@@ -162,6 +189,10 @@ class GainAKT3Exp(nn.Module):
             nn.Linear(3 * d_model, d_ff), nn.ReLU(), _Dropout(dropout), nn.Linear(d_ff, 1)
         )
         self.gain_head = nn.Linear(d_model, num_c) if use_gain_head else None
+        if self.gain_head is not None and gain_head_init_scale != 1.0:  # 1.0: PyTorch's init, as in the seed
+            with torch.no_grad():
+                self.gain_head.weight.mul_(gain_head_init_scale)
+                self.gain_head.bias.mul_(gain_head_init_scale)
         self.mastery_head = nn.Linear(d_model, num_c) if use_mastery_head else None
 
     @classmethod
@@ -200,6 +231,7 @@ class GainAKT3Exp(nn.Module):
         pos = self.pos_emb.weight[:l]  # (L, D)
         h = self.context_emb(x) + pos  # context stream (B, L, D)
         v = self.value_emb(x) + pos  # value stream (B, L, D)
+
         gain_head = self.gain_head if interpretation else None
         mastery_head = self.mastery_head if interpretation else None
         last_h_steps = None  # steps of the last block's H that anything reads
@@ -209,8 +241,27 @@ class GainAKT3Exp(nn.Module):
             h, v = block(h, v, last_h_steps if i == len(self.blocks) - 1 else None)
 
         z = self._predict(h, v, q) if logits else None  # z (B, L)
-        if reduced:
-            return self._reduced(z, h, v, c, q, gain_head, mastery_head)
+        reads_mastery = logits and self.mastery_in_prediction != "none"
+        if reduced or (reads_mastery and mastery_head is None):  # a prediction pass still needs m_t[q_t]
+            out = self._reduced(z, h, v, c, q, self.gain_head, self.mastery_head)
+            if reads_mastery:
+                z = z + self._mastery_logit(out.steps.mastery_at_q)
+            if reduced:
+                return out._replace(logits=z)
+            return ModelOutput(logits=z, mastery=None, gains=None)
+
+        if gain_head is not None and self.gain_scope == "practised_skill":
+            gains = mastery = None
+            g_c = self._practised_gain(v, c)
+            if mastery_head is not None:
+                gains, mastery = practised_full(g_c, mastery_head(h[:, 0]).float(), c, self.mastery_gain_scale,
+                                                self.mastery_link, self.num_c)
+            else:
+                gains = torch.zeros(*c.shape, self.num_c, device=c.device).scatter_(2, c.unsqueeze(-1),
+                                                                                    g_c.unsqueeze(-1))
+            if reads_mastery:
+                z = z + self._mastery_logit(mastery.gather(-1, q.unsqueeze(-1)).squeeze(-1))
+            return ModelOutput(logits=z, mastery=mastery, gains=gains)
 
         gains = None
         if gain_head is not None:
@@ -225,10 +276,33 @@ class GainAKT3Exp(nn.Module):
                 mastery = torch.clamp(m0 + self.mastery_gain_scale * g_from_1.cumsum(dim=1), max=1.0)
             else:
                 mastery = torch.sigmoid(mastery_head(h).float())  # (B, L, C)
+        if reads_mastery:
+            z = z + self._mastery_logit(mastery.gather(-1, q.unsqueeze(-1)).squeeze(-1))
         return ModelOutput(logits=z, mastery=mastery, gains=gains)
+
+    def _practised_gain(self, v: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """g_t[c_t] = ReLU(W[c_t] . v_t + b[c_t]) (B, L): the gain head's row of the practised skill only."""
+        w = F.embedding(c, self.gain_head.weight)  # (B, L, D)
+        return F.relu((w * v).sum(-1) + self.gain_head.bias[c]).float()
+
+    @staticmethod
+    def _mastery_logit(m_q: torch.Tensor) -> torch.Tensor:
+        """logit(m_t[q_t]), the mastery of the skill answered next, added to the head's logit (mastery_in_prediction
+        logit): the BCE then trains mastery as the skill-specific part of the prediction."""
+        eps = FIXED_CONSTANTS["mastery_logit_eps"]
+        return torch.logit(m_q.clamp(eps, 1.0 - eps))
 
     def _reduced(self, z, h, v, c, q, gain_head, mastery_head) -> ModelOutput:
         """The training outputs: logits and StepValues (SPEC §4 mastery and gains, reduced per step)."""
+        if gain_head is not None and self.gain_scope == "practised_skill":
+            g_c = self._practised_gain(v, c)
+            if mastery_head is None:
+                steps = StepValues(gain_sum=g_c, gain_at_c=g_c, mastery_mean=None, mastery_at_c=None,
+                                   mastery_at_q=None, cap_excess=None, num_c=self.num_c)
+            else:
+                steps = practised_steps(g_c, mastery_head(h[:, 0]).float(), c, q, self.mastery_gain_scale,
+                                        self.mastery_link, self.num_c)
+            return ModelOutput(logits=z, mastery=None, gains=None, steps=steps)
         if gain_head is not None:
             m0 = torch.sigmoid(mastery_head(h[:, 0]).float()) if mastery_head is not None else None  # m_0 (B, C)
             steps = cumulative_steps(v, gain_head.weight, gain_head.bias, m0, c, q, self.mastery_gain_scale,
@@ -251,7 +325,10 @@ class GainAKT3Exp(nn.Module):
         first, relu, dropout, last = self.prediction_head
         b, l, d = h.shape
         w = first.weight  # (d_ff, 3D)
-        if b * l < self.num_c:
+        if self.mastery_in_prediction == "logit_skill_free":  # the next skill reaches the prediction via mastery only
+            hv = torch.cat([h, v], dim=-1).reshape(b * l, 2 * d)
+            hidden = torch.addmm(first.bias, hv, w[:, : 2 * d].t())  # (B*L, d_ff)
+        elif b * l < self.num_c:
             features = torch.cat([h, v, self.concept_emb(q)], dim=-1).reshape(b * l, 3 * d)
             hidden = torch.addmm(first.bias, features, w.t())  # (B*L, d_ff)
         else:

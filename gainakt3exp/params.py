@@ -235,7 +235,7 @@ _NON_NEGATIVE = [
 _POSITIVE = [
     "epochs", "batch_size", "learning_rate", "patience", "d_model", "n_heads", "num_encoder_blocks", "d_ff",
     "mastery_gain_scale", "max_semantic_students", "alignment_residual_window", "alignment_global_students",
-    "consistency_rebalance_epoch", "variance_floor_patience", "max_correlation_students",
+    "consistency_rebalance_epoch", "variance_floor_patience", "max_correlation_students", "gain_head_init_scale",
 ]
 
 
@@ -262,6 +262,24 @@ def check_params(p: Mapping[str, Any]) -> list[str]:
         problems.append(f"optimizer={p['optimizer']!r}: must be Adam or AdamW")
     if not _DEVICE_RE.match(p["device"]):
         problems.append(f"device={p['device']!r}: must be auto, cpu, cuda or cuda:N")
+    if p["mastery_in_prediction"] not in ("none", "logit", "logit_skill_free"):
+        problems.append(f"mastery_in_prediction={p['mastery_in_prediction']!r}: must be none, logit or "
+                        "logit_skill_free")
+    elif p["mastery_in_prediction"] != "none" and not p["use_mastery_head"]:
+        problems.append(f"mastery_in_prediction={p['mastery_in_prediction']} needs use_mastery_head true: set "
+                        "mastery_in_prediction none or use_mastery_head true")
+    if p["gain_scope"] not in ("all_skills", "practised_skill"):
+        problems.append(f"gain_scope={p['gain_scope']!r}: must be all_skills or practised_skill")
+    if p["mastery_link"] not in ("clamp", "logistic"):
+        problems.append(f"mastery_link={p['mastery_link']!r}: must be clamp or logistic")
+    elif p["mastery_link"] == "logistic":
+        if p["gain_scope"] != "practised_skill":
+            problems.append(f"mastery_link=logistic needs gain_scope practised_skill (gain_scope is "
+                            f"{p['gain_scope']}): set gain_scope practised_skill or mastery_link clamp")
+        if p["enhanced_constraints"] and p["consistency_loss_weight"] > 0:
+            problems.append(f"mastery_link=logistic with consistency_loss_weight={format_value(p['consistency_loss_weight'])}: "
+                            "consistency asks m_t - m_{t-1} = scale * g_t, the clamp link's rule; set "
+                            "consistency_loss_weight 0 or mastery_link clamp")
     if p["emb_type"] != "qid":
         problems.append(f"emb_type={p['emb_type']!r}: only 'qid' (concept-response interaction tokens) is implemented")
     if p["n_heads"] > 0 and p["d_model"] % p["n_heads"]:

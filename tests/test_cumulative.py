@@ -74,3 +74,67 @@ def test_fused_pass_holds_no_cell_tensor_of_the_whole_batch(monkeypatch):
     monkeypatch.setattr(torch, "mm", spy)
     cumulative_steps(*inputs, 0.1)
     assert len(seen) == 2 and max(seen) <= 6 * 10 * 20  # 12 rows in two blocks of 6
+
+
+@pytest.mark.parametrize("link", ["clamp", "logistic"])
+def test_practised_skill_steps_equal_the_full_definition(link):
+    """gain_scope practised_skill: the (B, L, L) per-step sums equal the (B, L, C) definition (gains scattered to
+    the practised skill, cumulative sum, link), values and gradients, with repeated skills and padding."""
+    from gainakt3exp.cumulative import practised_full, practised_steps
+
+    gen = torch.Generator().manual_seed(3)
+    b, l, n_c, scale = 5, 11, 4, 0.7
+    g_c = torch.rand(b, l, generator=gen).requires_grad_()
+    l0 = (torch.randn(b, n_c, generator=gen) + (1.5 if link == "clamp" else 0.0)).requires_grad_()
+    c = torch.randint(0, n_c, (b, l), generator=gen)
+    q = torch.randint(0, n_c, (b, l), generator=gen)
+    weights = {k: torch.randn(b, l, generator=gen) for k in
+               ("gain_sum", "gain_at_c", "mastery_mean", "mastery_at_c", "mastery_at_q", "cap_excess")}
+
+    def definition():
+        gains, m = practised_full(g_c, l0, c, scale, link, n_c)
+        s = torch.cat([torch.zeros_like(gains[:, :1]), gains[:, 1:]], 1).cumsum(1)
+        at = lambda x, i: x.gather(-1, i.unsqueeze(-1)).squeeze(-1)  # noqa: E731
+        out = {"gain_sum": gains.sum(-1), "gain_at_c": at(gains, c), "mastery_mean": m.mean(-1),
+               "mastery_at_c": at(m, c), "mastery_at_q": at(m, q)}
+        if link == "clamp":
+            out["cap_excess"] = torch.relu(torch.sigmoid(l0).unsqueeze(1) + scale * s - 1).sum(-1)
+        return out
+
+    def run(fn):
+        g_c.grad = l0.grad = None
+        values = fn()
+        sum((values[k] * weights[k]).sum() for k in values).backward()
+        return {k: v.detach() for k, v in values.items()}, (g_c.grad.clone(), l0.grad.clone())
+
+    want, want_grads = run(definition)
+    got, got_grads = run(lambda: {k: v for k, v in practised_steps(g_c, l0, c, q, scale, link, n_c)._asdict().items()
+                                  if k in want})
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6)
+    for a, e in zip(got_grads, want_grads):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6)
+    if link == "clamp":
+        assert float(want["cap_excess"].max()) > 0
+
+
+@pytest.mark.parametrize("link", ["clamp", "logistic"])
+def test_model_reduced_pass_equals_its_full_pass_with_practised_gains(link):
+    from gainakt3exp.model import GainAKT3Exp
+
+    torch.manual_seed(1)
+    model = GainAKT3Exp(num_c=6, seq_len=10, d_model=8, n_heads=2, num_encoder_blocks=1, d_ff=8, dropout=0.0,
+                        emb_type="qid", use_mastery_head=True, use_gain_head=True, mastery_gain_scale=0.5,
+                        gain_scope="practised_skill", mastery_link=link, mastery_in_prediction="logit_skill_free",
+                        gain_head_init_scale=1.0).eval()
+    gen = torch.Generator().manual_seed(2)
+    c, r, q = (torch.randint(0, 6, (4, 9), generator=gen), torch.randint(0, 2, (4, 9), generator=gen),
+               torch.randint(0, 6, (4, 9), generator=gen))
+    with torch.no_grad():
+        full, reduced = model(c, r, q), model(c, r, q, reduced=True)
+    assert (full.gains > 0).sum(-1).max() <= 1  # one practised skill per step
+    want = {"mastery_mean": full.mastery.mean(-1), "gain_sum": full.gains.sum(-1),
+            "mastery_at_q": full.mastery.gather(-1, q.unsqueeze(-1)).squeeze(-1)}
+    for key, value in want.items():
+        torch.testing.assert_close(getattr(reduced.steps, key), value, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(reduced.logits, full.logits, rtol=1e-5, atol=1e-5)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from gainakt3exp.params import load_defaults
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +77,7 @@ def test_launched_run_holds_params_trajectory_shares_and_artifacts(store):
     config = json.loads(_artifact(store, run.info.run_id, "config.json"))
     assert config["experiment_id"] == store["exp_id"] and config["params"]["d_model"] == 16
     assert "mlflow run" in config["commands"]["train_explicit"]
-    assert config["commands"]["train_explicit"].count(" -P ") == 65
+    assert config["commands"]["train_explicit"].count(" -P ") == len(load_defaults().values)
     assert config["fixed_constants"]["dropout_mask_levels"] == 65536
     assert config["fixed_constants"]["pearson_variance_eps"] == 1e-12
     # the objective report: which terms act, which are identically zero (gain head on) and why
@@ -175,7 +177,7 @@ def test_dry_run_writes_nothing(store, tmp_path):
     env = {**store["env"], "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     dry = gakt(env, "gakt-launch", "--short_title", "dry", "--profile", "tiny", "--data_root", str(store["tmp"]),
                "--dry_run")
-    assert dry.stdout.count(" -P ") == 65
+    assert dry.stdout.count(" -P ") == len(load_defaults().values)
     assert list(tmp_path.iterdir()) == []
 
 

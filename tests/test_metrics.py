@@ -263,7 +263,9 @@ def test_partial_passes_of_the_real_model_equal_one_full_pass():
                           source="memory", file_hash="0")
     torch.manual_seed(0)
     model = GainAKT3Exp(num_c=C, seq_len=12, d_model=16, n_heads=2, num_encoder_blocks=2, d_ff=24, dropout=0.1,
-                        emb_type="qid", use_mastery_head=True, use_gain_head=True, mastery_gain_scale=0.1)
+                        emb_type="qid", use_mastery_head=True, use_gain_head=True, mastery_gain_scale=0.1,
+                        gain_scope="all_skills", mastery_link="clamp", mastery_in_prediction="none",
+                        gain_head_init_scale=1.0)
     out = metrics.collect_outputs(model, seqs, np.arange(40), 8, "cpu")
     semantic = metrics.semantic_metrics(model, seqs, 25, 8, "cpu")
     assert semantic["mastery_correlation"] is not None and semantic["gain_correlation"] is not None
@@ -287,7 +289,9 @@ def test_reduced_pass_of_the_real_model_gives_the_full_pass_per_step_values():
                           source="memory", file_hash="0")
     torch.manual_seed(0)
     model = GainAKT3Exp(num_c=C, seq_len=12, d_model=16, n_heads=2, num_encoder_blocks=2, d_ff=24, dropout=0.1,
-                        emb_type="qid", use_mastery_head=True, use_gain_head=True, mastery_gain_scale=0.5)
+                        emb_type="qid", use_mastery_head=True, use_gain_head=True, mastery_gain_scale=0.5,
+                        gain_scope="all_skills", mastery_link="clamp", mastery_in_prediction="none",
+                        gain_head_init_scale=1.0)
     full = metrics.collect_outputs(model, seqs, np.arange(40), 8, "cpu")
     reduced = metrics.collect_outputs(model, seqs, np.arange(40), 8, "cpu", per_skill=False)
     for key in ("logits", "mastery_mean", "gain_mean", "target_mastery", "mask", "y", "truth"):

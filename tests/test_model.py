@@ -17,7 +17,9 @@ C, B, L = 4, 3, 6
 
 def _model(**overrides) -> GainAKT3Exp:
     kwargs = dict(num_c=C, seq_len=L + 1, d_model=16, n_heads=2, num_encoder_blocks=2, d_ff=24, dropout=0.1,
-                  emb_type="qid", use_mastery_head=True, use_gain_head=True, mastery_gain_scale=0.1)
+                  emb_type="qid", use_mastery_head=True, use_gain_head=True, mastery_gain_scale=0.1,
+                  gain_scope="all_skills", mastery_link="clamp", mastery_in_prediction="none",
+                  gain_head_init_scale=1.0)
     kwargs.update(overrides)
     return GainAKT3Exp(**kwargs).eval()
 
@@ -241,3 +243,31 @@ def test_partial_passes_give_the_same_outputs_and_skip_the_unneeded_work(mastery
         assert (got is None) == (ref is None)
         if ref is not None:
             assert torch.allclose(got, ref, atol=1e-6)
+
+
+def test_mastery_in_prediction_logit_adds_the_logit_of_the_next_skills_mastery():
+    """z = head + logit(m_t[q_t]) in every pass (full, reduced, prediction-only), with the same weights."""
+    torch.manual_seed(0)
+    base = _model().eval()
+    reading = _model(mastery_in_prediction="logit").eval()
+    reading.load_state_dict(base.state_dict())
+    c, r, q = _inputs()
+    with torch.no_grad():
+        full = base(c, r, q)
+        m_q = full.mastery.gather(-1, q.unsqueeze(-1)).squeeze(-1)
+        want = full.logits + torch.logit(m_q.clamp(1e-4, 1 - 1e-4))
+        torch.testing.assert_close(reading(c, r, q).logits, want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(reading(c, r, q, reduced=True).logits, want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(reading(c, r, q, interpretation=False).logits, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ConfigError, match="mastery_in_prediction"):
+        _model(mastery_in_prediction="logit", use_mastery_head=False)
+
+
+def test_gain_head_init_scale_scales_pytorchs_initial_weights_only():
+    torch.manual_seed(0)
+    default = _model()
+    torch.manual_seed(0)
+    small = _model(gain_head_init_scale=0.01)
+    torch.testing.assert_close(small.gain_head.weight, 0.01 * default.gain_head.weight)
+    torch.testing.assert_close(small.gain_head.bias, 0.01 * default.gain_head.bias)
+    torch.testing.assert_close(small.mastery_head.weight, default.mastery_head.weight)  # nothing else moves
