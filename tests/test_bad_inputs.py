@@ -115,10 +115,11 @@ def test_a_fold_the_data_set_lacks_is_refused_listing_its_folds(synthetic_root, 
     _refused(result, store_dir, "fold=9: synthetic has folds [0, 1, 2, 3, 4]")
 
 
-def test_an_unknown_dataset_is_refused_listing_the_known_ones(synthetic_root, store_dir):
+def test_an_unknown_dataset_is_refused_listing_the_known_ones(synthetic_root, store_dir, user_registry):
     result = _launch(synthetic_root, "--dataset", "nope")
     _refused(result, store_dir,
-             "dataset='nope': unknown; known datasets in configs/data_config.json: assist2015, synthetic, synthetic_many")
+             "dataset='nope': unknown; known datasets: assist2015, synthetic, synthetic_many (built-in, "
+             f"configs/data_config.json); none in the user registry {user_registry}; see gakt-data list")
 
 
 def test_an_unknown_profile_is_refused_listing_the_known_ones(synthetic_root, store_dir):
