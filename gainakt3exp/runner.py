@@ -149,7 +149,8 @@ def _record_run(client, run_id: str, resolved, data) -> None:
                                            tags.get(tracking.TAG_EXP_ID) or experiment.new_experiment_id(client))
     exp_id = tags.get(tracking.TAG_EXP_ID, exp_id)
     title = tags.get(tracking.TAG_TITLE, title)
-    from .data import file_hashes
+    from .data import dataset_record, file_hashes
+    from .registry import user_registry_path
 
     hashes = file_hashes(data.spec)  # the files training just loaded
     code = experiment.code_version()
@@ -166,7 +167,8 @@ def _record_run(client, run_id: str, resolved, data) -> None:
     else:
         experiment_name = client.get_experiment(run.info.experiment_id).name
         config = experiment.build_config(resolved, experiment_name=experiment_name, run_name=run.info.run_name,
-                                         exp_id=exp_id, short_title=title, hashes=hashes, code=code)
+                                         exp_id=exp_id, short_title=title, hashes=hashes, code=code,
+                                         dataset=dataset_record(data.spec, hashes))
         tracking.publish_bytes(client, run_id, CONFIG_NAME, experiment.config_bytes(config))
 
     import mlflow
@@ -186,6 +188,7 @@ def _record_run(client, run_id: str, resolved, data) -> None:
         "gakt.device": str(resolve_device(params["device"])), "gakt.torch_threads": str(torch.get_num_threads()),
         "gakt.data_hash": data_hash, "gakt.host": platform.node(), "gakt.pid": str(os.getpid()),
         "gakt.data_root_resolved": str(data.spec.root),
+        "gakt.data_registry": str(user_registry_path()), "gakt.data_source": data.spec.origin,
     }
     tracking.MlflowSink(client, run_id).set_tags(new_tags)
 

@@ -145,3 +145,64 @@ def test_unregister_refuses_a_built_in_or_unknown_set(user_registry):
     result = invoke("data", "unregister", "synthetic")
     assert result.exit_code == 2 and "(it is a built-in data set" in result.output
     assert invoke("data", "unregister", "nope").exit_code == 2
+
+
+# ------------------------------------------------------------------ what a reproduction checks (experiment.py)
+
+@pytest.fixture
+def recorded(tmp_path, user_registry):
+    """A user data set on disk and the config.json fields a run on it records."""
+    from gainakt3exp.experiment import data_record
+
+    generate_synthetic(tmp_path / "mine", students=30, skills=20, seed=2, maxlen=200)
+    registry.register({"mine": pykt_entry(str(tmp_path / "mine"), 20, 200, 3, [0, 1, 2, 3, 4])})
+    params = resolve_params({"dataset": "mine"}).params
+    record = data_record(params)
+    return {"params": params, "dataset": record, "data_hashes": record["file_hashes"]}
+
+
+def _check(config):
+    from gainakt3exp.experiment import check_data_unchanged
+
+    said = []
+    check_data_unchanged(config, config["params"], "r1", echo=said.append)
+    return said
+
+
+def test_an_unchanged_data_set_passes_silently(recorded):
+    assert _check(recorded) == []
+
+
+def test_an_edited_registry_entry_refuses_naming_the_key(recorded, user_registry):
+    from gainakt3exp.errors import ReproError
+
+    config = json.loads(user_registry.read_text())
+    config["mine"]["num_c"] = 21
+    user_registry.write_text(json.dumps(config))
+    with pytest.raises(ReproError, match=r"data set 'mine' changed since the run .*\n  - entry key 'num_c': 20 at the "
+                                         r"run, 21 now"):
+        _check(recorded)
+
+
+def test_a_changed_data_file_refuses_naming_the_file(recorded, tmp_path):
+    from gainakt3exp.errors import ReproError
+
+    path = tmp_path / "mine" / "test_sequences.csv"
+    path.write_text(path.read_text().replace('"1,', '"0,', 1))
+    with pytest.raises(ReproError, match=r"  - file test_sequences.csv: sha256 [0-9a-f]{12} at the run, [0-9a-f]{12} "
+                                         r"now"):
+        _check(recorded)
+
+
+def test_a_moved_folder_with_the_same_files_is_only_noted(recorded, tmp_path, user_registry):
+    (tmp_path / "mine").rename(tmp_path / "moved")
+    registry.unregister("mine")
+    registry.register({"mine": pykt_entry(str(tmp_path / "moved"), 20, 200, 3, [0, 1, 2, 3, 4])})
+    said = _check(recorded)
+    assert any("entry key 'dpath'" in s and "its files hash as at the run" in s for s in said), said
+
+
+def test_a_run_from_before_recorded_entries_is_still_reproducible_with_a_warning(recorded):
+    old = {k: v for k, v in recorded.items() if k != "dataset"}
+    assert _check(old) == ["warning: run r1 was made before runs recorded their data set entry (config.json has no "
+                           "'dataset'); only its data files are checked against the hashes it recorded"]
