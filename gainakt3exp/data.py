@@ -26,7 +26,7 @@ import torch
 
 from gainakt3exp.errors import ConfigError, DataError
 from gainakt3exp.files import write_bytes_atomic
-from gainakt3exp.registry import lookup
+from gainakt3exp.registry import dataset_files, dataset_root, lookup
 
 REQUIRED_COLUMNS = ("fold", "uid", "concepts", "responses", "selectmasks")
 SPLITS = ("train", "valid", "test", "test_window")
@@ -75,18 +75,6 @@ def truth_file_name(truth_file: str, sequence_file: str, train_valid_file: str) 
     if sequence_file == train_valid_file:
         return truth_file
     return f"{sequence_file.removesuffix('.csv').removesuffix('_sequences')}_{truth_file}"
-
-
-def dataset_root(entry: dict, data_root: str | Path) -> Path:
-    """The folder of a registry entry: data_root / dpath (data_root cwd-relative; an absolute dpath wins)."""
-    root = Path(data_root).expanduser()
-    return (root if root.is_absolute() else Path.cwd() / root) / Path(entry["dpath"]).expanduser()
-
-
-def dataset_files(entry: dict) -> list[str]:
-    """The files a run of the data set reads: the three sequence files and the truth file if it names one."""
-    return [entry["train_valid_file"], entry["test_file"], entry["test_window_file"]] + \
-        ([entry["truth_file"]] if entry.get("truth_file") else [])
 
 
 def dataset_spec(dataset: str, data_root: str | Path) -> DatasetSpec:

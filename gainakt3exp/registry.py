@@ -121,6 +121,18 @@ def lookup(name: str) -> Known:
     return found
 
 
+def dataset_root(entry: dict, data_root: str | Path) -> Path:
+    """The folder of a registry entry: data_root / dpath (data_root cwd-relative; an absolute dpath wins)."""
+    root = Path(data_root).expanduser()
+    return (root if root.is_absolute() else Path.cwd() / root) / Path(entry["dpath"]).expanduser()
+
+
+def dataset_files(entry: dict) -> list[str]:
+    """The files a run of the data set reads: the three sequence files and the truth file if it names one."""
+    return [entry["train_valid_file"], entry["test_file"], entry["test_window_file"]] + \
+        ([entry["truth_file"]] if entry.get("truth_file") else [])
+
+
 def check_new_name(name: str, entry: dict) -> bool:
     """Refuse a name that is malformed, built-in, or registered with another entry. True if the same entry is
     already registered under it (registering again changes nothing)."""
