@@ -24,6 +24,7 @@ demo: setup
 	$(BIN)/gakt-repro --eval $$($(BIN)/gakt-runs --latest_id)
 	$(BIN)/gakt-compare $$($(BIN)/gakt-runs --latest_id)
 	@echo "Open the MLflow UI on this store: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port 5000"
+	@echo "then http://127.0.0.1:5000/#/experiments?workflowType=machine_learning (README: The MLflow UI)"
 
 # Every test: the fast tier, then the slow tier (real data, real mlflow server, real `mlflow run`).
 test: setup

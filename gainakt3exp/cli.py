@@ -8,31 +8,12 @@ Known errors become one line on stderr: exit 2 for bad input (parameters, files,
 """
 from __future__ import annotations
 
-import functools
 import sys
-from pathlib import Path
 
 import click
 
-from .errors import GaktError
+from .cli_base import CONTEXT as _CONTEXT, errors as _errors
 from .params import format_value, list_profiles, load_defaults
-
-_CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
-
-
-def _errors(func):
-    """Turn our errors into one line on stderr and the documented exit status."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except GaktError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(exc.exit_code)
-
-    return wrapper
-
 
 _NO_VALUE = "\0no value"  # what a bool option given bare (`--use_amp`) receives, so it can be refused by name
 
@@ -234,75 +215,7 @@ def runs_cmd(limit: int, stale: bool, older_than, mark: bool, latest_id: bool, e
     click.echo(format_runs(list_runs(client, limit, name)))
 
 
-@main.group("data", context_settings=_CONTEXT)
-def data_group() -> None:
-    """Data sets: generate synthetic students, import the 3-line layout.
-
-    \b
-    Example:
-      gakt-data synth --out data/synthetic --students 1000 --skills 20 --seed 7
-    """
-
-
-@data_group.command("synth", context_settings=_CONTEXT)
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder to write.")
-@click.option("--students", required=True, type=click.IntRange(min=5), help="Number of simulated students.")
-@click.option("--skills", required=True, type=click.IntRange(min=1), help="Number of skills (<= num_c).")
-@click.option("--seed", required=True, type=int, help="Seed of the generator (same seed = same files).")
-@_errors
-def synth_cmd(out: Path, students: int, skills: int, seed: int) -> None:
-    """Write simulated students with known mastery in pyKT layout (plus the true mastery).
-
-    \b
-    Example:
-      gakt-data synth --out data/synthetic --students 1000 --skills 20 --seed 7
-    """
-    from .data import load_data_config
-    from .synthetic import generate_synthetic
-
-    maxlen = load_data_config()["synthetic"]["maxlen"]  # the window width the synthetic data sets declare (200)
-    summary = generate_synthetic(out, students=students, skills=skills, seed=seed, maxlen=maxlen)
-    click.echo(f"wrote {out}: " + ", ".join(f"{k} {v}" for k, v in summary.items() if not isinstance(v, dict)))
-
-
-@data_group.command("import-3line", context_settings=_CONTEXT)
-@click.option("--src", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Folder with <prefix>_train<k>.csv, _valid<k>.csv, _test<k>.csv.")
-@click.option("--prefix", required=True, help="File prefix, e.g. assist2015.")
-@click.option("--fold", required=True, type=click.IntRange(min=1), help="Which AKT fold k to import (1-based).")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder to write.")
-@click.option("--num_c", required=True, type=click.IntRange(min=1), help="Number of skills (ids 1..num_c).")
-@click.option("--maxlen", required=True, type=click.IntRange(min=2), help="Window length (pyKT maxlen).")
-@click.option("--min_seq_len", required=True, type=click.IntRange(min=1), help="Drop shorter histories.")
-@click.option("--register", "register_as", default=None, metavar="NAME",
-              help="Also add the written folder to configs/data_config.json as data set NAME "
-                   "(train with --dataset NAME --data_root <the folder holding --out>).")
-@_errors
-def import_cmd(src: Path, prefix: str, fold: int, out: Path, num_c: int, maxlen: int, min_seq_len: int,
-               register_as: str | None) -> None:
-    """Convert the 3-line layout of DKVMN/AKT/SAKT code to pyKT sequence files.
-
-    \b
-    Example:
-      gakt-data import-3line --src ../shared/data/assist2015/akt --prefix assist2015 --fold 1 \\
-          --out data/assist2015_akt --num_c 100 --maxlen 200 --min_seq_len 3 --register assist2015_akt
-    """
-    from .layout import check_new_dataset, import_three_line, imported_entry, register_dataset
-
-    folder = out.resolve()  # `--out .` or `--out data/x/` name the folder too
-    if not folder.name:
-        raise click.BadParameter(f"{out} is the file system root; write into a folder", param_hint="--out")
-    entry = imported_entry(folder.name, num_c, maxlen, min_seq_len)
-    if register_as is not None:
-        check_new_dataset(register_as, entry)  # refuse a taken name before writing anything
-    summary = import_three_line(src, prefix, fold, out, num_c, maxlen, min_seq_len)
-    click.echo(f"wrote {out}: {summary}")
-    if register_as is not None:
-        added = register_dataset(register_as, entry)
-        data_root = folder.parent
-        click.echo(f"{'registered' if added else 'already registered:'} data set {register_as!r} "
-                   f"(dpath {folder.name!r}) in configs/data_config.json; train on it with "
-                   f"--dataset {register_as} --data_root {data_root} --seq_len {maxlen}")
+from .data_cli import data_group  # noqa: E402
 
 
 def _script(command):
@@ -317,4 +230,5 @@ repro_main = _script(repro_cmd)
 compare_main = _script(compare_cmd)
 eval_main = _script(eval_cmd)
 runs_main = _script(runs_cmd)
+main.add_command(data_group)  # the `data` verbs live in data_cli.py
 data_main = _script(data_group)

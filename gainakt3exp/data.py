@@ -1,4 +1,4 @@
-"""Data sets: the registry (configs/data_config.json), pyKT sequence readers and their cache, batches.
+"""Data sets: locating a registered set (registry.py), pyKT sequence readers and their cache, batches.
 
 Masks are bool tensors, True = a real interaction. For a window of width seq_len the model sees
 L = seq_len - 1 steps: inputs are steps 0..L-1, targets steps 1..L (the next-step shift).
@@ -17,7 +17,7 @@ import io
 import os
 import warnings
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
@@ -26,9 +26,8 @@ import torch
 
 from gainakt3exp.errors import ConfigError, DataError
 from gainakt3exp.files import write_bytes_atomic
-from gainakt3exp.params import read_data_config
+from gainakt3exp.registry import dataset_files, dataset_root, lookup
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 REQUIRED_COLUMNS = ("fold", "uid", "concepts", "responses", "selectmasks")
 SPLITS = ("train", "valid", "test", "test_window")
 _CACHE_VERSION = "v1"
@@ -50,16 +49,6 @@ class Batch:
 
 # ----------------------------------------------------------------------------------------------- registry
 
-def data_config_path(path: Path | None = None) -> Path:
-    """The registry file: `path`, or <repo>/configs/data_config.json."""
-    return Path(path) if path is not None else CONFIG_DIR / "data_config.json"
-
-
-def load_data_config(path: Path | None = None) -> dict:
-    """Read the pyKT-compatible data set registry (params.read_data_config checks its shape)."""
-    return read_data_config(data_config_path(path))
-
-
 @dataclass(frozen=True)
 class DatasetSpec:
     """One data set of the registry, located on disk: root = data_root / dpath (absolute)."""
@@ -73,6 +62,8 @@ class DatasetSpec:
     test_file: str
     test_window_file: str
     truth_file: str | None
+    origin: str = ""  # the registry file that defines the set
+    entry: dict = field(default_factory=dict, compare=False)  # its registry entry, as written there
 
 
 def truth_file_name(truth_file: str, sequence_file: str, train_valid_file: str) -> str:
@@ -87,16 +78,16 @@ def truth_file_name(truth_file: str, sequence_file: str, train_valid_file: str) 
 
 
 def dataset_spec(dataset: str, data_root: str | Path) -> DatasetSpec:
-    """Look `dataset` up in the registry and check its folder and files exist under `data_root` (cwd-relative)."""
-    config = load_data_config()
-    if dataset not in config:
-        raise ConfigError(f"dataset {dataset!r} is not in {data_config_path()}; "
-                          f"known datasets: {', '.join(sorted(config))}")
-    entry = config[dataset]
-    root = Path(data_root).expanduser()
-    root = (root if root.is_absolute() else Path.cwd() / root) / entry["dpath"]
+    """Look `dataset` up in the registry and check its folder and files exist: root = data_root / dpath
+    (data_root cwd-relative; an absolute dpath ignores data_root)."""
+    known = lookup(dataset)
+    entry = known.entry
+    root = dataset_root(entry, data_root)
     if "generate" in entry:  # built-in synthetic sets name the command that writes their files
         fix = f"generate it with `{entry['generate'].format(root=root)}`"
+    elif known.kind == "user":
+        fix = (f"its entry in {known.origin} points there; import it again, or register it again where its files "
+               f"are now (see gakt-data list)")
     else:
         fix = (f"set data_root to the folder that holds {entry['dpath']}/ "
                f"(e.g. ../shared/data for assist2015)")
@@ -106,10 +97,8 @@ def dataset_spec(dataset: str, data_root: str | Path) -> DatasetSpec:
     spec = DatasetSpec(name=dataset, root=root.resolve(), num_c=int(entry["num_c"]), maxlen=int(entry["maxlen"]),
                        folds=tuple(entry["folds"]), train_valid_file=entry["train_valid_file"],
                        test_file=entry["test_file"], test_window_file=entry["test_window_file"],
-                       truth_file=entry.get("truth_file"))
-    needed = [spec.train_valid_file, spec.test_file, spec.test_window_file]
-    needed += [spec.truth_file] if spec.truth_file else []
-    for name in needed:
+                       truth_file=entry.get("truth_file"), origin=str(known.origin), entry=dict(entry))
+    for name in dataset_files(entry):
         if not (spec.root / name).is_file():
             raise DataError(f"data file {spec.root / name} (dataset {dataset!r}) is missing; {fix}")
     return spec
@@ -121,6 +110,13 @@ def file_hashes(spec: DatasetSpec) -> dict[str, str]:
     if spec.truth_file:
         names += [truth_file_name(spec.truth_file, n, spec.train_valid_file) for n in names]
     return {n: _sha256((spec.root / n).read_bytes()) for n in names if (spec.root / n).is_file()}
+
+
+def dataset_record(spec: DatasetSpec, hashes: dict | None = None) -> dict:
+    """What a run records of its data set (config.json "dataset"): the entry as registered, the file that defines
+    it, the folder it resolved to and the sha256 of every file (`hashes` if already computed)."""
+    return {"name": spec.name, "origin": spec.origin, "root": str(spec.root), "entry": spec.entry,
+            "file_hashes": file_hashes(spec) if hashes is None else hashes}
 
 
 # ----------------------------------------------------------------------------------------------- reading

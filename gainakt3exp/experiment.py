@@ -5,8 +5,8 @@
 
 config.json (one per run, an MLflow artifact) is the run's complete record: the pristine defaults, what was
 overridden, the resolved parameters, the groups, the defaults' md5, the fixed constants of the objective and the
-model, the code version, the data files' hashes and the explicit commands (train_explicit = `mlflow run` with
-every -P).
+model, the code version, the data set (its registry entry, where it is defined, its folder and files' hashes) and
+the explicit commands (train_explicit = `mlflow run` with every -P).
 It is a pure function of (parameters, experiment, run name, code, data), so the launcher and a hand-run of
 train_explicit write the same bytes, and a reproduction keeps the original's bytes.
 """
@@ -103,11 +103,36 @@ def _env_prefix() -> str:
     return f"MLFLOW_TRACKING_URI={shlex.quote(tracking.redact(tracking.tracking_uri()))} "
 
 
-def data_hashes(params: dict) -> dict:
-    from .data import dataset_spec, file_hashes
+def data_record(params: dict) -> dict:
+    """The run's data set as it is registered now (data.dataset_record: entry, origin, folder, file hashes)."""
+    from .data import dataset_record, dataset_spec
     from .train import resolve_data_root
 
-    return file_hashes(dataset_spec(params["dataset"], resolve_data_root(params["data_root"])))
+    return dataset_record(dataset_spec(params["dataset"], resolve_data_root(params["data_root"])))
+
+
+def check_data_unchanged(config: dict, params: dict, run_id: str, echo=print) -> None:
+    """Refuse (ReproError) when the run's data set entry or files changed since the run, naming what changed.
+
+    config.json "dataset" holds the entry, origin, folder and file hashes the run used; a moved folder whose files
+    hash the same is only noted. A run from before entries were recorded has data_hashes only: its files are
+    checked, and a warning says the entry cannot be."""
+    from .registry import record_differences
+
+    current = data_record(params)
+    recorded = config.get("dataset")
+    if recorded is None:
+        echo(f"warning: run {run_id} was made before runs recorded their data set entry (config.json has no "
+             f"'dataset'); only its data files are checked against the hashes it recorded")
+        recorded = {"entry": current["entry"], "origin": current["origin"], "root": current["root"],
+                    "file_hashes": config.get("data_hashes", {})}
+    changed, moved = record_differences(recorded, current)
+    if changed:
+        raise ReproError(f"run {run_id}: data set {params['dataset']!r} changed since the run (now defined in "
+                         f"{current['origin']}); refusing to reproduce:\n" + "\n".join(f"  - {c}" for c in changed)
+                         + "\nrestore the entry/files the run used, or launch a new run on the data as it is now")
+    for note in moved:
+        echo(f"note: data set {params['dataset']!r}: {note}; its files hash as at the run")
 
 
 def check_inputs(params: dict) -> None:
@@ -124,7 +149,7 @@ def check_inputs(params: dict) -> None:
 
 
 def build_config(resolved: Resolved, *, experiment_name: str, run_name: str, exp_id: str, short_title: str,
-                 hashes: dict, code: dict) -> dict:
+                 hashes: dict, code: dict, dataset: dict | None = None) -> dict:
     defaults = resolved.defaults or load_defaults()
     params = resolved.params
     return {
@@ -142,6 +167,7 @@ def build_config(resolved: Resolved, *, experiment_name: str, run_name: str, exp
         "objective_report": _objective_report(params),
         "code_version": code,
         "data_hashes": hashes,
+        **({"dataset": dataset} if dataset is not None else {}),
         "commands": {
             "train_explicit": _env_prefix() + shlex.join(train_command(params, experiment_name, run_name)),
             "eval_explicit": _env_prefix() + shlex.join(eval_command(exp_id)),
@@ -300,11 +326,8 @@ def reproduce(ref: str, echo=print, evaluate: bool = False) -> int:
     if diffs:
         raise ReproError(f"run {run_id}: its logged params disagree with its config.json; refusing to reproduce:\n"
                          + "\n".join(f"  - {d}" for d in diffs))
-    check_inputs(params)  # data changed or corrupted since the original run: refuse before creating a run
-    changed = sorted(k for k, v in data_hashes(params).items() if config.get("data_hashes", {}).get(k) != v)
-    if changed:
-        echo(f"warning: data files differ from those the original run read: {', '.join(changed)} "
-             "(gakt-compare will flag the data hash)")
+    check_data_unchanged(config, params, run_id, echo)  # entry or files changed since the run: refuse, naming what
+    check_inputs(params)  # corrupted since the original run, or a device this machine lacks: refuse before a run
     constants = _fixed_constants()
     moved = sorted(k for k in set(constants) | set(config.get("fixed_constants", {}))
                    if config.get("fixed_constants", {}).get(k) != constants.get(k))

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from .errors import ConfigError
+from .registry import known_sets, known_summary, lookup
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 DEFAULTS_FILE = CONFIG_DIR / "parameter_default.json"
@@ -240,7 +241,8 @@ _POSITIVE = [
 
 
 def check_params(p: Mapping[str, Any]) -> list[str]:
-    """Every problem with a typed parameter set (empty list = valid). Data-set checks use configs/data_config.json."""
+    """Every problem with a typed parameter set (empty list = valid). Data-set checks read the data set registry
+    (registry.py: configs/data_config.json and the user registry)."""
     problems: list[str] = []
     for k in _NON_NEGATIVE:
         if p[k] < 0:
@@ -318,24 +320,11 @@ def _check_heads(p: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-def read_data_config(path: Path) -> dict:
-    """The data set registry at `path` (data.load_data_config gives the default path), its shape checked."""
-    try:
-        config = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"data config {path} does not exist; restore configs/data_config.json") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"data config {path} is not valid JSON (line {e.lineno}: {e.msg}); fix the file") from None
-    if not isinstance(config, dict) or not all(isinstance(v, dict) for v in config.values()):
-        raise ConfigError(f"data config {path} must be a JSON object of data set name -> entry; fix the file")
-    return config
-
-
 def _check_dataset(p: Mapping[str, Any]) -> list[str]:
-    config = read_data_config(CONFIG_DIR / "data_config.json")
-    if p["dataset"] not in config:
-        return [f"dataset={p['dataset']!r}: unknown; known datasets in configs/data_config.json: {', '.join(config)}"]
-    entry = config[p["dataset"]]
+    known = known_sets()
+    if p["dataset"] not in known:
+        return [f"dataset={p['dataset']!r}: unknown; known datasets: {known_summary(known)}; see gakt-data list"]
+    entry = lookup(p["dataset"]).entry
     problems = []
     if p["fold"] not in entry["folds"]:
         problems.append(f"fold={p['fold']}: {p['dataset']} has folds {entry['folds']}")

@@ -11,7 +11,8 @@ crash FAILED; `gakt.outcome` keeps the truth even where `mlflow run` later overw
 
 `eval` (the `eval` entry point, also `gakt-eval`): rebuilds the model from the run's logged parameters (so
 architecture mismatches cannot happen), loads model_best.pth weights-only, runs evaluate.evaluate_model and
-records metrics `eval/<split>_<name>` and eval_results.json, config_eval.json, metrics_epoch_eval.csv in the run.
+records metrics `eval/<split>_<name>` and eval_results.json, eval_table.json (a split x metric table),
+config_eval.json, metrics_epoch_eval.csv in the run.
 """
 from __future__ import annotations
 
@@ -160,7 +161,8 @@ def _record_run(client, run_id: str, resolved, data) -> None:
                                            tags.get(tracking.TAG_EXP_ID) or experiment.new_experiment_id(client))
     exp_id = tags.get(tracking.TAG_EXP_ID, exp_id)
     title = tags.get(tracking.TAG_TITLE, title)
-    from .data import file_hashes
+    from .data import dataset_record, file_hashes
+    from .registry import user_registry_path
 
     hashes = file_hashes(data.spec)  # the files training just loaded
     code = experiment.code_version()
@@ -177,7 +179,8 @@ def _record_run(client, run_id: str, resolved, data) -> None:
     else:
         experiment_name = client.get_experiment(run.info.experiment_id).name
         config = experiment.build_config(resolved, experiment_name=experiment_name, run_name=run.info.run_name,
-                                         exp_id=exp_id, short_title=title, hashes=hashes, code=code)
+                                         exp_id=exp_id, short_title=title, hashes=hashes, code=code,
+                                         dataset=dataset_record(data.spec, hashes))
         tracking.publish_bytes(client, run_id, CONFIG_NAME, experiment.config_bytes(config))
 
     import mlflow
@@ -197,6 +200,7 @@ def _record_run(client, run_id: str, resolved, data) -> None:
         "gakt.device": str(resolve_device(params["device"])), "gakt.torch_threads": str(torch.get_num_threads()),
         "gakt.data_hash": data_hash, "gakt.host": platform.node(), "gakt.pid": str(os.getpid()),
         "gakt.data_root_resolved": str(data.spec.root),
+        "gakt.data_registry": str(user_registry_path()), "gakt.data_source": data.spec.origin,
     }
     tracking.MlflowSink(client, run_id).set_tags(new_tags)
 
@@ -279,9 +283,45 @@ def evaluate_run(client, ref: str, *, max_correlation_students: int | None = Non
     tracking.publish_bytes(client, run_id, "config_eval.json", tracking.json_bytes(config_eval))
     csv_text = metrics_csv([{"epoch": checkpoint["epoch"], **metrics}])
     tracking.publish_bytes(client, run_id, "metrics_epoch_eval.csv", csv_text.encode())
-    sink.set_tags({"gakt.evaluated": "true"})
+    tracking.publish_bytes(client, run_id, EVAL_TABLE, tracking.json_bytes(eval_table(results)))
+    sink.set_tags({"gakt.evaluated": "true", **_table_artifact_tag(run, EVAL_TABLE)})
     _tag_entry_point_run(client, run_id, metrics, checkpoint["epoch"])
     return results
+
+
+EVAL_TABLE = "eval_table.json"
+_EVAL_SPLITS = ("train", "valid", "test", "test_window")
+_EVAL_COLUMNS = ("auc", "accuracy", "loss", "n", "mastery_correlation", "gain_correlation",
+                 "target_mastery_correlation", "true_mastery_correlation", "correlation_students")
+
+
+def eval_table(results: dict) -> dict:
+    """The evaluation numbers as one table, a row per split, floats to 4 decimals (MLflow's table artifact layout:
+    columns + data; the UI's Artifacts tab shows it as a table): readable at a glance, where 29 single-point
+    eval/* charts are not. Full precision stays in eval_results.json and the eval/* metrics."""
+    rows: dict[str, dict] = {}
+    for key, value in results.items():
+        split = max((s for s in _EVAL_SPLITS if key.startswith(s + "_")), key=len, default=None)
+        if split is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+            rows.setdefault(split, {})[key[len(split) + 1:]] = (None if value != value else  # NaN -> null
+                                                                 round(value, 4) if isinstance(value, float) else value)
+    names = {n for r in rows.values() for n in r}
+    columns = [c for c in _EVAL_COLUMNS if c in names] + sorted(names - set(_EVAL_COLUMNS))
+    return {"columns": ["split", *columns],
+            "data": [[s, *(rows[s].get(c) for c in columns)] for s in _EVAL_SPLITS if s in rows]}
+
+
+def _table_artifact_tag(run, name: str) -> dict:
+    """The mlflow.loggedArtifacts tag (what mlflow.log_table sets) with `name` listed as a table."""
+    import json
+
+    try:
+        listed = json.loads(run.data.tags.get("mlflow.loggedArtifacts", "[]"))
+    except json.JSONDecodeError:
+        listed = []
+    if not any(a.get("path") == name for a in listed):
+        listed.append({"path": name, "type": "table"})
+    return {"mlflow.loggedArtifacts": json.dumps(listed)}
 
 
 _CHECKPOINT_KEYS = ("state_dict", "params", "num_c", "epoch", "val_auc")

@@ -36,6 +36,9 @@ TAG_REPRO_OF = "gakt.reproduction_of"
 TAG_EVAL_OF = "gakt.evaluation_of"
 TAG_OUTCOME = "gakt.outcome"
 TAG_KIND = "gakt.kind"  # train | repro | eval
+# The experiment's kind for the MLflow UI: model training, not GenAI. MLflow 3.x UIs that read the tag open the
+# experiment as training runs; 3.17's UI decides by its "GenAI | Model training" switch instead (README, UI).
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 _RUN_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 _EXP_ID_RE = re.compile(r"^\d{6}$")
@@ -163,22 +166,26 @@ def connect():
 
 
 def ensure_experiment(client, name: str) -> str:
-    """Get or create the experiment once (under the store lock) and return its id; never races set_experiment."""
+    """Get or create the experiment once (under the store lock) and return its id; never races set_experiment.
+    The experiment carries mlflow.experimentKind=custom_model_development (an existing one without the tag gets
+    it; a kind the user chose is kept)."""
     uri = tracking_uri()
     with _store_lock(uri):
         found = client.get_experiment_by_name(name)
-        if found is not None:
-            if found.lifecycle_stage == "deleted":
-                raise TrackingError(f"experiment '{name}' is deleted; restore it (mlflow experiments restore) or "
-                                    f"choose another name with --experiment or {EXPERIMENT_ENV}")
-            return found.experiment_id
-        try:
-            return client.create_experiment(name, artifact_location=artifact_root(uri))
-        except Exception:  # noqa: BLE001 - another process created it first (a server without our lock)
-            found = client.get_experiment_by_name(name)
-            if found is None:
-                raise
-            return found.experiment_id
+        if found is None:
+            try:
+                return client.create_experiment(name, artifact_location=artifact_root(uri),
+                                                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+            except Exception:  # noqa: BLE001 - another process created it first (a server without our lock)
+                found = client.get_experiment_by_name(name)
+                if found is None:
+                    raise
+        if found.lifecycle_stage == "deleted":
+            raise TrackingError(f"experiment '{name}' is deleted; restore it (mlflow experiments restore) or "
+                                f"choose another name with --experiment or {EXPERIMENT_ENV}")
+        if EXPERIMENT_KIND_TAG not in found.tags:
+            client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        return found.experiment_id
 
 
 def resolve_run(client, ref: str):

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny synthetic data sets, a parsed-array cache and tracking stores in tmp folders.
+"""Shared fixtures: tiny synthetic data sets, a parsed-array cache, data set registries and tracking stores in tmp
+folders.
 
 Nothing here reads outside the repo except ../shared/data (real-data tests), which skip with a reason if missing.
 """
@@ -16,6 +17,22 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Parsed-array cache in a per-session tmp folder, never the user's ~/.cache."""
     monkeypatch.setenv("GAKT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "gakt-cache"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_registry(tmp_path_factory):
+    """Session- and module-scoped fixtures (trained runs) read a user data set registry of their own."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GAKT_DATA_REGISTRY", str(tmp_path_factory.mktemp("registry") / "data_config.json"))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def user_registry(tmp_path, monkeypatch) -> Path:
+    """A fresh, empty user data set registry for each test ($GAKT_DATA_REGISTRY), never ~/.config/gainakt3exp."""
+    path = tmp_path / "user-registry" / "data_config.json"
+    monkeypatch.setenv("GAKT_DATA_REGISTRY", str(path))
+    return path
 
 
 @pytest.fixture(scope="session")

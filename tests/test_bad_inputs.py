@@ -115,10 +115,11 @@ def test_a_fold_the_data_set_lacks_is_refused_listing_its_folds(synthetic_root, 
     _refused(result, store_dir, "fold=9: synthetic has folds [0, 1, 2, 3, 4]")
 
 
-def test_an_unknown_dataset_is_refused_listing_the_known_ones(synthetic_root, store_dir):
+def test_an_unknown_dataset_is_refused_listing_the_known_ones(synthetic_root, store_dir, user_registry):
     result = _launch(synthetic_root, "--dataset", "nope")
     _refused(result, store_dir,
-             "dataset='nope': unknown; known datasets in configs/data_config.json: assist2015, synthetic, synthetic_many")
+             "dataset='nope': unknown; known datasets: assist2015, synthetic, synthetic_many (built-in, "
+             f"configs/data_config.json); none in the user registry {user_registry}; see gakt-data list")
 
 
 @pytest.mark.parametrize("device", ["cuda", "cuda:1"])
@@ -206,6 +207,58 @@ def test_a_malformed_data_file_is_refused_naming_file_line_and_problem(synthetic
     corrupt(root / "synthetic" / name)
     result = _launch(root)
     _refused(result, store_dir, message, str(root / "synthetic" / name))  # the full path, so the user can open it
+
+
+# --- data sets: the registry and the importers ---------------------------------------------------------------------
+
+
+def test_listing_an_unknown_data_set_is_refused_listing_the_known_ones(user_registry):
+    result = invoke("data", "list", "nope")
+    assert result.exit_code == 2
+    assert ("error: data set 'nope' is unknown; known data sets: assist2015, synthetic, synthetic_many (built-in, "
+            f"configs/data_config.json); none in the user registry {user_registry}; see gakt-data list") \
+        in result.output
+
+
+def test_a_pykt_config_without_the_named_set_is_refused(tmp_path, user_registry):
+    config = tmp_path / "data_config.json"
+    config.write_text(json.dumps({"assist2015": {"dpath": "../data/assist2015"}, "poj": {"dpath": "../data/poj"}}))
+    result = invoke("data", "register", "--pykt-config", str(config), "--name", "assist2009")
+    assert result.exit_code == 2
+    assert f"error: pyKT config {config} has no data set 'assist2009'; it has: assist2015, poj" in result.output
+    assert not user_registry.exists()
+
+
+def _record(uid, concepts, responses, questions="NA"):
+    return f"{uid},{responses.count(',') + 1}\n{questions}\n{concepts}\n{responses}\nNA\nNA\n"
+
+
+@pytest.mark.parametrize("text, message", [
+    (_record("a", "1,2,1", "1,0,1") + _record("b", "2,2", "0,1")[:-3] + _record("c", "1,1,1", "1,1,1"),
+     "data.txt line 12: the usetimes line is present here but NA in the first record, found 'c,3'"),
+    (_record("a", "1,2,1", "1,0,1", questions="q1,q2,q1") * 3,
+     "data.txt line 2: the records hold question ids (question-level data, e.g. pyKT's assist2009 or "
+     "algebra2005); gainakt3exp imports concept-level data only"),
+    (_record("a", "1_3,2,1", "1,0,1") * 3, "data.txt line 3: concept ids joined by '_' (several concepts per "
+                                            "response: pyKT's multi-concept question-level data)"),
+], ids=["5-line-record", "question-level", "multi-concept"])
+def test_a_data_txt_pykt_cannot_split_at_concept_level_is_refused_naming_the_line(tmp_path, user_registry, text,
+                                                                                  message):
+    (tmp_path / "data.txt").write_text(text)
+    result = invoke("data", "import-pykt", "--src", str(tmp_path / "data.txt"), "--out", str(tmp_path / "out"),
+                    "--name", "mine")
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "out").exists() and not user_registry.exists()
+
+
+def test_an_import_under_a_built_in_name_is_refused_before_anything_is_written(tmp_path, user_registry):
+    for split in ("train", "valid", "test"):
+        (tmp_path / f"toy_{split}1.csv").write_text("3\n1,2,1\n1,0,1\n")
+    result = invoke("data", "import-3line", "--src", str(tmp_path), "--prefix", "toy", "--fold", "1", "--out",
+                    str(tmp_path / "out"), "--maxlen", "200", "--min_seq_len", "3", "--register", "assist2015")
+    assert result.exit_code == 2
+    assert "error: data set 'assist2015' is a built-in data set" in result.output
+    assert not (tmp_path / "out").exists() and not user_registry.exists()
 
 
 # --- run ids and titles -------------------------------------------------------------------------------------------

@@ -1,13 +1,12 @@
-"""Data layer: pyKT reader, validation messages, cache, batches, shuffling, registry, 3-line importer."""
+"""Data layer: pyKT reader, validation messages, cache, batches, shuffling, locating a registered data set."""
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pytest
 import torch
 
-from gainakt3exp import data, layout
+from gainakt3exp import data
+from gainakt3exp.registry import lookup
 from gainakt3exp.errors import ConfigError, DataError
 
 HEADER = "fold,uid,concepts,responses,selectmasks"
@@ -210,7 +209,7 @@ def test_unshuffled_batches_follow_file_order(many_rows):
 def tiny_dataset(tmp_path):
     from gainakt3exp.synthetic import generate_synthetic
 
-    cfg = data.load_data_config()["synthetic"]
+    cfg = lookup("synthetic").entry
     generate_synthetic(tmp_path / "root" / "synthetic", students=40, skills=cfg["num_c"], seed=1,
                        maxlen=cfg["maxlen"])
     return data.dataset_spec("synthetic", tmp_path / "root")
@@ -247,7 +246,7 @@ def test_bad_split_or_fold_is_a_config_error(tiny_dataset, split, fold, reason):
 
 
 def test_unknown_dataset_lists_known_names(tmp_path):
-    with pytest.raises(ConfigError, match="known datasets: assist2015, synthetic, synthetic_many"):
+    with pytest.raises(ConfigError, match="known data sets: assist2015, synthetic, synthetic_many"):
         data.dataset_spec("assist2099", tmp_path)
 
 
@@ -272,152 +271,6 @@ def test_file_hashes_cover_the_existing_files(tiny_dataset):
     assert {"train_valid_sequences.csv", "test_sequences.csv", "test_window_sequences.csv",
             "true_mastery_sequences.csv"} <= hashes.keys()
     assert hashes["test_sequences.csv"] == data.load_split(tiny_dataset, "test", 0, 200).file_hash
-
-
-# ------------------------------------------------------------------ 3-line importer
-
-def _three_line(path, students):
-    path.write_text("".join(f"{i},{uid}\n{','.join(map(str, s))}\n{','.join(map(str, r))}\n"
-                            for i, (uid, s, r) in enumerate(students)))
-
-
-@pytest.fixture
-def akt_dir(tmp_path):
-    src = tmp_path / "akt"
-    src.mkdir()
-    _three_line(src / "toy_train1.csv", [(100, [1, 2, 2, 3, 3, 3, 1], [0, 1, 1, 0, 1, 1, 1]),  # 7 -> 4 + 3
-                                         (101, [2, 2], [1, 1]),  # too short: dropped
-                                         (102, [3, 3, 3, 3, 3], [0, 0, 1, 1, 1])])  # 5 -> 4 + 1 (dropped)
-    _three_line(src / "toy_valid1.csv", [(200, [1, 1, 1], [1, 0, 1])])
-    _three_line(src / "toy_test1.csv", [(300, [2, 3, 3, 1, 1, 2], [1, 1, 0, 1, 0, 1])])  # 6 -> 4 + 2 (dropped)
-    return src
-
-
-def test_importer_writes_pykt_layout_with_zero_based_ids(akt_dir, tmp_path):
-    out = tmp_path / "out"
-    summary = layout.import_three_line(akt_dir, "toy", 1, out, num_c=3, maxlen=4, min_seq_len=3)
-    assert summary["source"]["train"] == {"file": "toy_train1.csv", "students": 3, "interactions": 14}
-    assert summary["dropped"]["train"] == {"students": 1, "interactions": 3, "short_student_interactions": 2,
-                                           "remainder_interactions": 1}
-    assert summary["written"]["train_valid_sequences.csv"] == {"rows": 4, "students": 3, "interactions": 14 + 3 - 3}
-    tv = data.read_sequences(out / "train_valid_sequences.csv", 3, 4)
-    np.testing.assert_array_equal(tv.uids, [200, 100, 100, 102])
-    np.testing.assert_array_equal(tv.concepts[1:3], [[0, 1, 1, 2], [2, 2, 0, -1]])
-    np.testing.assert_array_equal(data.read_sequences(out / "train_valid_sequences.csv", 3, 4, folds=[0]).uids, [200])
-    np.testing.assert_array_equal(data.read_sequences(out / "train_valid_sequences.csv", 3, 4, folds=[1]).uids,
-                                  [100, 100])
-    text = (out / "train_valid_sequences.csv").read_text().splitlines()
-    assert text[0] == HEADER and text[1] == '0,200,"0,0,0,-1","1,0,1,-1","1,1,1,-1"'
-
-
-def test_importer_writes_pykt_sliding_test_windows(akt_dir, tmp_path):
-    out = tmp_path / "out"
-    summary = layout.import_three_line(akt_dir, "toy", 1, out, num_c=3, maxlen=4, min_seq_len=3)
-    win = data.read_sequences(out / "test_window_sequences.csv", 3, 4)
-    np.testing.assert_array_equal(win.concepts, [[1, 2, 2, 0], [2, 2, 0, 0], [2, 0, 0, 1]])
-    np.testing.assert_array_equal(win.selectmasks, [[1, 1, 1, 1], [0, 0, 0, 1], [0, 0, 0, 1]])
-    assert summary["written"]["test_window_sequences.csv"]["interactions"] == 6
-    assert summary["written"]["test_sequences.csv"] == {"rows": 1, "students": 1, "interactions": 4}
-    lines = (out / "test_window_sequences.csv").read_text().splitlines()
-    assert lines[0] == HEADER + ",cidxs" and lines[2].endswith('"-1,-1,-1,1","1,2,3,4"')
-
-
-@pytest.fixture
-def registry(tmp_path, monkeypatch):
-    """A copy of configs/data_config.json that the registry code reads and writes instead of the repo's."""
-    config_dir = tmp_path / "configs"
-    config_dir.mkdir()
-    (config_dir / "data_config.json").write_text((data.CONFIG_DIR / "data_config.json").read_text())
-    monkeypatch.setattr(data, "CONFIG_DIR", config_dir)
-    return config_dir / "data_config.json"
-
-
-def _import_cli(akt_dir, out, *extra):
-    from click.testing import CliRunner
-
-    from gainakt3exp.cli import main
-
-    return CliRunner().invoke(main, ["data", "import-3line", "--src", str(akt_dir), "--prefix", "toy", "--fold", "1",
-                                     "--out", str(out), "--num_c", "3", "--maxlen", "4", "--min_seq_len", "3",
-                                     *extra])
-
-
-def test_import_with_register_makes_the_folder_a_data_set_runs_can_load(akt_dir, tmp_path, registry):
-    before = json.loads(registry.read_text())
-    result = _import_cli(akt_dir, tmp_path / "imported" / "toy_akt", "--register", "toy_akt")
-    assert result.exit_code == 0, result.output
-    assert f"--dataset toy_akt --data_root {tmp_path / 'imported'} --seq_len 4" in result.output
-    config = json.loads(registry.read_text())
-    assert {k: v for k, v in config.items() if k != "toy_akt"} == before  # other entries untouched
-    assert registry.read_text().startswith(layout.format_registry(before)[:-3])  # ... and so is their text
-    assert config["toy_akt"]["dpath"] == "toy_akt" and config["toy_akt"]["num_c"] == 3
-    spec = data.dataset_spec("toy_akt", tmp_path / "imported")
-    assert (spec.num_c, spec.maxlen) == (3, 4)
-    np.testing.assert_array_equal(data.load_split(spec, "valid", 0, 4).uids, [200])
-    np.testing.assert_array_equal(data.load_split(spec, "train", 0, 4).uids, [100, 100, 102])
-    again = _import_cli(akt_dir, tmp_path / "imported" / "toy_akt", "--register", "toy_akt")
-    assert again.exit_code == 0 and "already registered" in again.output
-
-
-def test_import_register_into_the_current_folder_uses_its_name(akt_dir, tmp_path, registry, monkeypatch):
-    folder = tmp_path / "root" / "here"
-    folder.mkdir(parents=True)
-    monkeypatch.chdir(folder)
-    result = _import_cli(akt_dir, ".", "--register", "here_akt")
-    assert result.exit_code == 0, result.output
-    assert json.loads(registry.read_text())["here_akt"]["dpath"] == "here"
-    assert data.dataset_spec("here_akt", tmp_path / "root").root == folder.resolve()
-
-
-def _register(args):
-    name, path = args
-    return layout.register_dataset(name, layout.imported_entry(name, 3, 4, 3), path)
-
-
-def test_concurrent_registrations_all_land(registry):
-    import multiprocessing
-
-    names = [f"set{i}" for i in range(6)]
-    with multiprocessing.get_context("fork").Pool(6) as pool:
-        assert pool.map(_register, [(n, registry) for n in names]) == [True] * 6
-    config = json.loads(registry.read_text())
-    assert set(names) <= set(config) and {"assist2015", "synthetic"} <= set(config)
-    assert not list(registry.parent.glob(".data_config.json.*.gakt-partial"))
-
-
-def test_a_registry_that_is_not_an_object_of_entries_is_refused(tmp_path):
-    bad = tmp_path / "data_config.json"
-    bad.write_text("[1, 2]")
-    with pytest.raises(ConfigError, match="must be a JSON object of data set name -> entry"):
-        data.load_data_config(bad)
-
-
-@pytest.mark.parametrize("name, reason", [("assist2015", "already in"), ("../x", "is not allowed")])
-def test_import_register_refuses_a_taken_or_malformed_name_before_writing(akt_dir, tmp_path, registry, name,
-                                                                         reason):
-    before = registry.read_bytes()
-    result = _import_cli(akt_dir, tmp_path / "out", "--register", name)
-    assert result.exit_code == 2 and reason in result.output, result.output
-    assert registry.read_bytes() == before and not (tmp_path / "out").exists()
-
-
-@pytest.mark.parametrize("content, line, reason", [
-    ("0,1\n1,2\n1,0\n0,2\n1,2\n", 4, "the last student is incomplete"),
-    ("0,1\n1,4\n1,0\n", 2, "skill id 4; allowed 1..3"),
-    ("0,1\n1,0\n1,0\n", 2, "skill id 0"),
-    ("0,1\n1,2\n1,5\n", 3, "response 5; allowed 0 or 1"),
-    ("0,1\n1,2\n1\n", 3, "1 responses for 2 skills"),
-    ("0,1\n1,a\n1,0\n", 2, "non-numeric"),
-    ("0\n1,2\n1,0\n", 1, "expected `<row>,<student id>`"),
-])
-def test_malformed_three_line_file_names_file_and_line(tmp_path, content, line, reason):
-    for split in ("train", "valid", "test"):
-        (tmp_path / f"toy_{split}1.csv").write_text("0,1\n1,2\n1,0\n")
-    (tmp_path / "toy_valid1.csv").write_text(content)
-    with pytest.raises(DataError) as e:
-        layout.import_three_line(tmp_path, "toy", 1, tmp_path / "out", num_c=3, maxlen=4, min_seq_len=1)
-    msg = str(e.value)
-    assert "toy_valid1.csv" in msg and f"line {line}:" in msg and reason in msg, msg
 
 
 def test_blank_lines_are_skipped_and_line_numbers_stay_true(tmp_path):

@@ -7,7 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from click.testing import CliRunner
+
 from gainakt3exp import data, layout
+from gainakt3exp.cli import main
+from gainakt3exp.three_line import import_three_line
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ASSIST = SHARED / "assist2015"
@@ -75,7 +79,8 @@ def test_windowing_reproduces_pykt_files_byte_for_byte(tmp_path, source, target,
 
 
 def test_importer_on_akt_fold1_accounts_for_every_student_and_interaction(tmp_path):
-    summary = layout.import_three_line(ASSIST / "akt", "assist2015", 1, tmp_path, num_c=100, maxlen=200, min_seq_len=3)
+    summary = import_three_line(ASSIST / "akt", "assist2015", 1, tmp_path, maxlen=200, min_seq_len=3, name="akt1")
+    assert summary["num_c"] == 100 and summary["ids"] == "skill ids 1..100 -> 0..99"  # derived, not given
     src, dropped, written = summary["source"], summary["dropped"], summary["written"]
     tv, test, window = (written[n] for n in ("train_valid_sequences.csv", "test_sequences.csv",
                                              "test_window_sequences.csv"))
@@ -89,8 +94,8 @@ def test_importer_on_akt_fold1_accounts_for_every_student_and_interaction(tmp_pa
     assert src["test"]["interactions"] == test["interactions"] + dropped["test"]["interactions"]
     assert window["interactions"] == src["test"]["interactions"] - dropped["test"]["short_student_interactions"]
     # with nothing dropped (min_seq_len 1) the files hold exactly what was read
-    nothing = layout.import_three_line(ASSIST / "akt", "assist2015", 1, tmp_path / "all", num_c=100, maxlen=200,
-                                     min_seq_len=1)
+    nothing = import_three_line(ASSIST / "akt", "assist2015", 1, tmp_path / "all", num_c=100, maxlen=200,
+                                min_seq_len=1, name="akt1")
     assert nothing["written"]["test_sequences.csv"]["interactions"] == nothing["source"]["test"]["interactions"]
     assert nothing["written"]["test_sequences.csv"]["students"] == nothing["source"]["test"]["students"]
     assert nothing["written"]["train_valid_sequences.csv"]["interactions"] == \
@@ -98,3 +103,14 @@ def test_importer_on_akt_fold1_accounts_for_every_student_and_interaction(tmp_pa
     back = data.read_sequences(tmp_path / "train_valid_sequences.csv", 100, 200)
     assert data.num_interactions(back) + len(back) == tv["interactions"]
     assert back.concepts.max() <= 99 and back.concepts[back.concepts != -1].min() == 0
+
+
+def test_import_pykt_of_data_txt_reproduces_pyKTs_files_byte_for_byte(tmp_path, user_registry):
+    result = CliRunner().invoke(main, ["data", "import-pykt", "--src", str(ASSIST / "data.txt"), "--out",
+                                       str(tmp_path / "a15"), "--name", "a15"])
+    assert result.exit_code == 0, result.output
+    for name in ("train_valid_sequences.csv", "test_sequences.csv", "test_window_sequences.csv", "train_valid.csv",
+                 "test.csv", "keyid2idx.json"):
+        assert (tmp_path / "a15" / name).read_bytes() == (ASSIST / name).read_bytes(), name
+    spec = data.dataset_spec("a15", "unused")
+    assert (spec.num_c, spec.maxlen, spec.folds) == (100, 200, (0, 1, 2, 3, 4))

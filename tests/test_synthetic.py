@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from gainakt3exp import data
+from gainakt3exp.registry import lookup
 from gainakt3exp.errors import ConfigError
 from gainakt3exp.synthetic import generate_synthetic, simulate_students
 
@@ -52,7 +53,7 @@ def test_practice_counts_earlier_steps_of_the_same_skill():
 
 
 def test_generated_data_loads_with_the_synthetic_config_entry(tmp_path):
-    cfg = data.load_data_config()["synthetic"]
+    cfg = lookup("synthetic").entry
     info = generate_synthetic(tmp_path / "synthetic", students=200, skills=cfg["num_c"], seed=7,
                               maxlen=cfg["maxlen"])
     spec = data.dataset_spec("synthetic", tmp_path)
