@@ -35,7 +35,8 @@ def _definition_options(func):
                         help="Validation folds, one child per fold (x seed x grid point), e.g. 0,1,2,3,4.")(func)
     func = click.option("--profile", "profiles", multiple=True, metavar="NAME",
                         help=f"Override set for every child (repeatable): {', '.join(list_profiles())}.")(func)
-    return click.option("--short_title", required=True, help="A short name for the study (letters, digits, _ - .).")(func)
+    return click.option("--short_title", required=True,
+                        help="A short name for the study (letters, digits, _ - .).")(func)
 
 
 @main.group("study", context_settings=_CONTEXT)

@@ -11,12 +11,13 @@ beforehand, so a task Ray retries after a worker death runs into the same run an
 retried task whose run already finished returns at once. Ray does all the scheduling: this module only starts or
 joins the cluster, submits the tasks and watches them.
 
-Process lifetimes. `mlflow run` starts in its own session (a terminal's Ctrl-C reaches the driver, not the
-children) with a parent-death signal: whenever its Ray worker dies (the task cancelled, the worker OOM-killed, a
-local cluster torn down after a kill -9 of the driver), `mlflow run` gets SIGINT, cancels its training with
-SIGTERM, and the training marks its run KILLED. A cancelled task SIGTERMs the child's process group itself. The
-local cluster runs with RAY_kill_child_processes_on_worker_exit=false so that Ray does not SIGKILL `mlflow run`
-first (that would orphan the training); a team cluster should be started the same way (README, Studies).
+Process lifetimes. Each command runs under a small supervisor in its own session and process group (a terminal's
+Ctrl-C reaches the driver, not the children). The supervisor has a parent-death signal: whenever its Ray worker
+dies (the task cancelled, the worker OOM-killed, a local cluster torn down after a kill -9 of the driver) it
+SIGTERMs its group: `mlflow run` exits and the training marks its run KILLED (SIGKILL after CANCEL_GRACE_SECONDS).
+A cancelled task SIGTERMs the group itself. The local cluster runs with RAY_kill_child_processes_on_worker_exit=
+false, so that Ray does not SIGKILL the supervisor first (which would orphan the training); a team cluster should be
+started the same way (README, Studies).
 """
 from __future__ import annotations
 
@@ -40,14 +41,24 @@ _LOG_TAIL = 4000
 # A local cluster's own settings (its environment): the parent-death signal does the cleanup, see the docstring.
 _LOCAL_RAY_ENV = {"RAY_kill_child_processes_on_worker_exit": "false", "RAY_USAGE_STATS_ENABLED": "0"}
 _LOCAL_TOKEN = secrets.token_hex(32)  # the auth token of the local clusters this process starts; never recorded
-# Runs `argv[2:]` with a parent-death signal (SIGINT) tied to the Ray worker whose pid is argv[1].
-_WITH_PARENT_DEATH_SIGNAL = (
-    "import ctypes, os, signal, sys\n"
-    "ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGINT))  # PR_SET_PDEATHSIG\n"
-    "signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])  # Ray workers block SIGINT; children inherit it\n"
+# The child's supervisor (run with `python -c`): it starts `argv[2:]` in its own process group and, when its Ray
+# worker (pid argv[1]) dies or it is told to stop, SIGTERMs that group: `mlflow run` dies and the training marks
+# its run KILLED; whatever is left after the grace period is SIGKILLed.
+_SUPERVISOR = (
+    "import ctypes, os, signal, subprocess, sys\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG: the worker's death\n"
+    "signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT, signal.SIGTERM])  # Ray workers block SIGINT\n"
     "if os.getppid() != int(sys.argv[1]):\n"
     "    sys.exit(137)  # the worker died before the signal was armed\n"
-    "os.execv(sys.argv[2], sys.argv[2:])\n")
+    "def stop(signum, frame):\n"
+    "    signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "    signal.signal(signal.SIGALRM, lambda *_: os.killpg(0, signal.SIGKILL))\n"
+    f"    signal.alarm({CANCEL_GRACE_SECONDS})\n"
+    "    os.killpg(0, signal.SIGTERM)\n"
+    "signal.signal(signal.SIGTERM, stop)\n"
+    "signal.signal(signal.SIGINT, stop)\n"
+    "code = subprocess.call(sys.argv[2:])\n"
+    "sys.exit(code if code >= 0 else 128 - code)\n")
 
 
 class EngineError(GaktError):
@@ -217,10 +228,10 @@ def _already_finished(task: dict) -> bool:
 
 
 def _run(command: list[str], env: dict, log) -> int:
-    """Run `command` in its own session under a parent-death signal; on cancellation SIGTERM its group."""
+    """Run `command` under the supervisor, in its own session; on cancellation SIGTERM the whole group."""
     log.write(f"$ {' '.join(command[:3])} ...\n")
     log.flush()
-    wrapped = [sys.executable, "-c", _WITH_PARENT_DEATH_SIGNAL, str(os.getpid()), *command]
+    wrapped = [sys.executable, "-c", _SUPERVISOR, str(os.getpid()), *command]
     proc = subprocess.Popen(wrapped, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
@@ -232,7 +243,7 @@ def _run(command: list[str], env: dict, log) -> int:
     except KeyboardInterrupt:
         _signal_group(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=CANCEL_GRACE_SECONDS)
+            proc.wait(timeout=CANCEL_GRACE_SECONDS + 10)
         except subprocess.TimeoutExpired:
             _signal_group(proc.pid, signal.SIGKILL)
             proc.wait()

@@ -172,8 +172,8 @@ def latest_training_exp_id(client, experiment_name: str | None = None) -> str:
 
 _COLUMNS = (("exp_id", "id", 6), ("short_title", "title", 16), ("kind", "kind", 5), ("status", "status", 8),
             ("outcome", "outcome", 8), ("started", "started", 16), ("best_val_auc", "best val AUC", 12),
-            ("epochs", "epochs", 6), ("test_auc", "test AUC", 8), ("reproduced", "repro", 7), ("children", "children", 8),
-            ("run_id", "run id", 32))
+            ("epochs", "epochs", 6), ("test_auc", "test AUC", 8), ("reproduced", "repro", 7),
+            ("children", "children", 8), ("run_id", "run id", 32))
 
 
 def _cell(key: str, value) -> str:

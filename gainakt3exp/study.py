@@ -71,7 +71,9 @@ def create_child(client, *, experiment_id: str, experiment_name: str, parent_id:
     run_name = experiment.make_run_name(title, exp_id)
     run = client.create_run(experiment_id, run_name=run_name, tags={
         "mlflow.parentRunId": parent_id, TAG_STUDY_RUN: top_id, TAG_STUDY_ID: study_id, TAG_SLOT: str(slot.index),
-        TAG_ATTEMPT: str(attempt), TAG_POINT: str(slot.point), TAG_POINT_VALUES: json.dumps(slot.values, sort_keys=True),
+        TAG_ATTEMPT: str(attempt), TAG_POINT: str(slot.point),
+        TAG_POINT_VALUES: json.dumps(slot.values, sort_keys=True),
+        study_report.TAG_FOLD: str(slot.fold), study_report.TAG_SEED: str(slot.seed),
         tracking.TAG_EXP_ID: exp_id, tracking.TAG_TITLE: title, tracking.TAG_KIND: "train",
         tracking.TAG_OUTCOME: "pending", **_driver_tags()})
     config = experiment.build_config(slot.resolved, experiment_name=experiment_name, run_name=run_name,
@@ -108,8 +110,12 @@ def data_hashes_for(slots) -> dict:
     return {slot.index: cache[(slot.params["dataset"], slot.params["data_root"])] for slot in slots}
 
 
+_SIGNALS: list[str] = []  # what interrupted the driver (Ray may re-raise a KeyboardInterrupt without its message)
+
+
 def _raise_interrupt(signum, _frame):
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+    _SIGNALS.append(signal.Signals(signum).name)
+    raise KeyboardInterrupt(_SIGNALS[-1])
 
 
 def run_children(client, top_id: str, children: list[Child], plan: Plan) -> str | None:
@@ -127,6 +133,7 @@ def run_children(client, top_id: str, children: list[Child], plan: Plan) -> str 
     def on_tick():
         progress.show(running=study_report.count_running(client, top_id, run_ids))
 
+    _SIGNALS.clear()
     try:
         progress.show(running=0)
         _results, interrupted = engine.run_tasks([c.task for c in children], threads_per_run=plan.threads_per_run,
@@ -135,6 +142,8 @@ def run_children(client, top_id: str, children: list[Child], plan: Plan) -> str 
         interrupted = str(exc) or "SIGINT"
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if interrupted and _SIGNALS:
+        interrupted = _SIGNALS[0]
     progress.close()
     if interrupted:
         study_report.mark_unfinished(client, sorted(run_ids), f"the study driver received {interrupted}")
@@ -295,7 +304,9 @@ def reproduce_study(client, parent, evaluate: bool, echo=print) -> int:
             tags = original.data.tags
             extra = {"mlflow.parentRunId": repro_id, TAG_STUDY_RUN: repro_id, TAG_STUDY_ID: study_id,
                      TAG_SLOT: str(index), TAG_ATTEMPT: "1", TAG_POINT: tags.get(TAG_POINT, "0"),
-                     TAG_POINT_VALUES: tags.get(TAG_POINT_VALUES, "{}"), **_driver_tags()}
+                     TAG_POINT_VALUES: tags.get(TAG_POINT_VALUES, "{}"), **_driver_tags(),
+                     **{t: str(tracking.read_params(original)[k]) for t, k in (
+                         (study_report.TAG_FOLD, "fold"), (study_report.TAG_SEED, "seed"))}}
             _orig, new_id, params, _command = experiment.prepare_reproduction(client, original.info.run_id,
                                                                                echo=echo, extra_tags=extra)
             exp_id = tags.get(tracking.TAG_EXP_ID, "")

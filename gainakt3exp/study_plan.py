@@ -91,8 +91,8 @@ def parse_grid(items: list[str], overrides: dict, problems: list) -> dict:
             problems.append(f"--grid {item}: {key} is set per child by --{key}s; use --{key}s {values}")
             continue
         if key in grid or key in overrides:
-            problems.append(f"--grid {item}: {key} is also given {'by another --grid' if key in grid else f'as --{key}'}"
-                            "; give it once")
+            where = "by another --grid" if key in grid else f"as --{key}"
+            problems.append(f"--grid {item}: {key} is also given {where}; give it once")
             continue
         typed = []
         for raw in (v.strip() for v in values.split(",")):

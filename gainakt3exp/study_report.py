@@ -30,6 +30,7 @@ TAG_SLOT = "gakt.study_slot"
 TAG_ATTEMPT = "gakt.study_attempt"
 TAG_POINT = "gakt.study_point"
 TAG_POINT_VALUES = "gakt.study_point_values"  # JSON of the point's grid values / the trial's parameters
+TAG_FOLD, TAG_SEED = "gakt.study_fold", "gakt.study_seed"  # known before the child logs its params
 TAG_TOTAL = "gakt.children_total"
 TAG_FINISHED = "gakt.children_finished"
 TAG_OUTCOME_REASON = "gakt.outcome_reason"
@@ -91,7 +92,11 @@ def _reason(result: dict, run) -> str:
     errors = [ln for ln in lines if ln.lower().startswith("error") or "Error:" in ln or "Exception:" in ln]
     last = (errors or lines or ["no output"])[-1][:300]
     status = result.get("status")
-    return f"exited with status {status}: {last}" if status is not None else last
+    said = f"exited with status {status}: {last}" if status is not None else last
+    if tags.get(tracking.TAG_OUTCOME) == "running":  # the runner had started and never wrote its end
+        return ("the training ended without recording an outcome (a hard crash: killed by a signal such as "
+                f"SIGKILL, e.g. out of memory); {said}")
+    return said
 
 
 def record_child_result(client, run_id: str, result: dict, evaluate: bool) -> bool:
@@ -168,7 +173,8 @@ def _child_row(client, slot: int, run, evaluate: bool) -> dict:
                  for key in {m[3] for m in METRICS if m[2] != "eval"} | set(TRAJECTORY) if key in run.data.metrics}
     best = best_step(histories.get("val/auc", {}))
     row = {"slot": slot, "point": int(tags.get(TAG_POINT, "0")), "values": json.loads(tags.get(TAG_POINT_VALUES, "{}")),
-           "fold": params.get("fold"), "seed": params.get("seed"), "run_id": run.info.run_id,
+           "fold": int(tags.get(TAG_FOLD, params.get("fold", -1))),
+           "seed": int(tags.get(TAG_SEED, params.get("seed", -1))), "run_id": run.info.run_id,
            "exp_id": tags.get(tracking.TAG_EXP_ID, "-"), "attempt": int(tags.get(TAG_ATTEMPT, "1")),
            "status": run.info.status, "outcome": tags.get(tracking.TAG_OUTCOME, "-"),
            "finished": is_finished(run, evaluate), "reason": tags.get(TAG_OUTCOME_REASON, ""), "best_epoch": best,
@@ -297,7 +303,8 @@ def summary_csv(report: dict) -> str:
     writer.writerow(["point", *keys, "best", "n", *(f"{m}_{s}" for m in report["metrics"] for s in ("mean", "std"))])
     for p in report["points"]:
         writer.writerow([p["point"], *(p["values"].get(k) for k in keys), p["point"] == report["best_point"], p["n"],
-                         *("" if p[s][m] is None else repr(p[s][m]) for m in report["metrics"] for s in ("mean", "std"))])
+                         *("" if p[s][m] is None else repr(p[s][m])
+                           for m in report["metrics"] for s in ("mean", "std"))])
     return buffer.getvalue()
 
 
