@@ -347,8 +347,8 @@ def compare_study(client, ref: str, repro: str | None = None, tolerance: float =
     rows = []
     for slot in sorted(ours):
         child = ours[slot]
-        params = tracking.read_params(child)
-        row = {"slot": slot, "fold": params.get("fold"), "seed": params.get("seed"),
+        tags = child.data.tags
+        row = {"slot": slot, "fold": tags.get(study_report.TAG_FOLD), "seed": tags.get(study_report.TAG_SEED),
                "values": json.loads(child.data.tags.get(TAG_POINT_VALUES, "{}")), "original": child.info.run_id,
                "reproduction": None, "verdict": "missing", "failing": [], "val_auc": None, "val_auc_diff": None}
         other = theirs.get(slot)

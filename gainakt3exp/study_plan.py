@@ -83,7 +83,8 @@ def parse_grid(items: list[str], overrides: dict, problems: list) -> dict:
         if key not in defaults.values:
             import difflib
 
-            close = difflib.get_close_matches(key, list(defaults.values), n=1, cutoff=0.5)
+            names = [k for k in defaults.values if k not in _PER_CHILD]
+            close = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
             hint = f"; did you mean '{close[0]}'?" if close else "; see configs/parameters.csv for the list"
             problems.append(f"--grid {item}: '{key}' is not a parameter{hint}")
             continue
@@ -169,7 +170,8 @@ def build_plan(short_title: str, profiles: list, overrides: dict, folds: str, se
             slot.resolved = resolve_params({**base, **slot.values, "fold": slot.fold, "seed": slot.seed}, profiles)
             slot.params = slot.resolved.params
         except ConfigError as exc:
-            problems += [p for p in _problem_lines(exc) if p not in problems]
+            lines = [f"--folds {folds}: {p}" if p.startswith(f"fold={slot.fold}:") else p for p in _problem_lines(exc)]
+            problems += [p for p in lines if p not in problems]
             continue
         key = (slot.params["dataset"], slot.params["data_root"], slot.fold, slot.params["seq_len"])
         if key not in checked:
