@@ -205,6 +205,7 @@ def launch_study(plan: Plan, address: str | None, dry_run: bool, experiment_name
                                   run_name=run_name, total=len(plan.slots))
         config = definition(plan, study_id=study_id, run_name=run_name, experiment_name=name, facts=facts)
         tracking.publish_bytes(client, parent_id, experiment.CONFIG_NAME, tracking.json_bytes(config))
+        client.log_metric(parent_id, "study/ray_startup_seconds", facts["startup_seconds"], step=0)
         echo(f"study {study_id}: {len(plan.slots)} children ({_shape(plan)}) on "
              f"{'a local Ray cluster' if address is None else address} ({plan.workers} workers x "
              f"{plan.threads_per_run} threads), parent run {parent_id}")
