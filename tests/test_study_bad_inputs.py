@@ -11,22 +11,12 @@ import pytest
 from click.testing import CliRunner
 
 from gainakt3exp.cli import main
+from test_bad_inputs import _reset_mlflow_uri, store_dir  # noqa: F401 - the same fixtures (tests/ is on the path)
 
 
 @pytest.fixture(autouse=True)
-def _reset_mlflow_uri():
-    yield
-    import mlflow
-
-    mlflow.set_tracking_uri(None)
-
-
-@pytest.fixture
-def store_dir(tmp_path, monkeypatch) -> Path:
-    folder = tmp_path / "store"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
+def _no_ray_address(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    return folder
 
 
 def _refused_with_one_line(result, store_dir: Path, line: str) -> None:

@@ -16,19 +16,11 @@ from mlflow.entities import Metric
 
 from gainakt3exp import runs, study, study_report, tracking
 from gainakt3exp.cli import main
+from test_runs import client  # noqa: F401 - one real SQLite store for the module (tests/ is on the path)
 
 _ids = itertools.count(610001)
 
 
-@pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    path = tmp_path_factory.mktemp("study_store")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{path}/mlflow.db")
-        yield tracking.connect()
-    import mlflow
-
-    mlflow.set_tracking_uri(None)
 
 
 @pytest.fixture
