@@ -137,7 +137,7 @@ def repro_cmd(run: str, evaluate: bool) -> None:
     Example:
       gakt-repro 423891 --eval && gakt-compare 423891
     """
-    from .study import reproduce_any
+    from .study_repro import reproduce_any
 
     sys.exit(reproduce_any(run, echo=click.echo, evaluate=evaluate))
 
@@ -164,7 +164,7 @@ def compare_cmd(run: str, repro, tolerance: float, as_json: bool) -> None:
     if tolerance < 0:
         raise click.BadParameter("must be >= 0", param_hint="--tolerance")
     client = tracking.connect()
-    from .study import compare_study, format_study_comparison, is_study
+    from .study_repro import compare_study, format_study_comparison, is_study
 
     if is_study(tracking.resolve_run(client, run)):
         report = compare_study(client, run, repro, tolerance)

@@ -127,11 +127,11 @@ def show_cmd(study: str, as_json: bool) -> None:
       gakt-study show 512034 --json
     """
     from . import tracking
-    from .study import _study_parent
+    from .study import study_parent
     from .study_report import build_report, format_report, report_json
 
     client = tracking.connect()
-    report = build_report(client, _study_parent(client, study).info.run_id)
+    report = build_report(client, study_parent(client, study).info.run_id)
     click.echo(report_json(report) if as_json else format_report(report))
 
 

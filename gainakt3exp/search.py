@@ -168,7 +168,7 @@ def run_search(*, short_title: str, profiles: list, overrides: dict, space_path:
         tracking.MlflowSink(client, parent_id).set_tags({
             tracking.TAG_EXP_ID: study_id, tracking.TAG_TITLE: short_title, tracking.TAG_KIND: "search",
             tracking.TAG_OUTCOME: "running", study_report.TAG_TOTAL: str(trials * per_trial),
-            study_report.TAG_FINISHED: "0", **study._driver_tags()})
+            study_report.TAG_FINISHED: "0", **study.driver_tags()})
         base.slots = []
         search = {"space": space, "trials": trials, "sampler": sampler, "sampler_seed": sampler_seed,
                   "direction": "maximize", "objective": f"mean over the trial's children of max({SELECTION_METRIC})",
@@ -182,8 +182,15 @@ def run_search(*, short_title: str, profiles: list, overrides: dict, space_path:
         echo(f"search {study_id}: {trials} trials x {per_trial} children ({sampler} sampler, seed {sampler_seed}) on "
              f"{'a local Ray cluster' if address is None else address}, parent run {parent_id}")
         started = time.perf_counter()
-        interrupted, table = _trials(client, optuna_study, space, base, trials, per_trial, experiment_id, name,
-                                     parent_id, study_id, code, echo)
+        table: list = []
+        try:
+            with study.sigterm_interrupts():
+                interrupted = _trials(client, optuna_study, space, base, trials, per_trial, experiment_id, name,
+                                      parent_id, study_id, code, table, echo)
+        except KeyboardInterrupt as exc:  # between two trials' children: mark what still runs
+            interrupted = study.interrupted_by(exc)
+            study_report.mark_unfinished(client, [r.info.run_id for r in study_report.study_children(
+                client, parent_id)], f"the study driver received {interrupted}")
         storage.flush_all_batches()
         report = study_report.publish_report(client, parent_id, wall_seconds=time.perf_counter() - started)
         _publish_best(client, parent_id, optuna_study, base, table, echo)
@@ -191,10 +198,11 @@ def run_search(*, short_title: str, profiles: list, overrides: dict, space_path:
 
 
 def _trials(client, optuna_study, space, base: Plan, trials, per_trial, experiment_id, name, parent_id, study_id,
-            code, echo):
+            code, table: list, echo) -> str | None:
+    """Ask, run the trial's children, tell; one row per trial appended to `table`. Returns the interruption."""
     from optuna.trial import TrialState
 
-    table, interrupted = [], None
+    interrupted = None
     for number in range(trials):
         trial = optuna_study.ask()
         values = suggest(trial, space)
@@ -203,7 +211,7 @@ def _trials(client, optuna_study, space, base: Plan, trials, per_trial, experime
         tracking.MlflowSink(client, trial_run).set_tags({
             tracking.TAG_KIND: "trial", study.TAG_STUDY_ID: study_id, study.TAG_STUDY_RUN: parent_id,
             tracking.TAG_TITLE: base.short_title, tracking.TAG_OUTCOME: "running", "gakt.trial": str(number),
-            study.TAG_POINT_VALUES: json.dumps(values, sort_keys=True), **study._driver_tags()})
+            study.TAG_POINT_VALUES: json.dumps(values, sort_keys=True), **study.driver_tags()})
         row = {"trial": number, "run_id": trial_run, "values": values, "value": None, "state": "FAIL", "reason": ""}
         table.append(row)
         try:
@@ -216,7 +224,7 @@ def _trials(client, optuna_study, space, base: Plan, trials, per_trial, experime
             for slot in plan.slots:
                 slot.index, slot.point = number * per_trial + slot.index, number
             hashes = study.data_hashes_for(plan.slots)
-            children = study._create_children(client, experiment_id, name, trial_run, parent_id, study_id, plan,
+            children = study.create_children(client, experiment_id, name, trial_run, parent_id, study_id, plan,
                                               plan.slots, hashes, code)
             echo(f"trial {number}: {json.dumps(values, sort_keys=True)}")
             interrupted = study.run_children(client, parent_id, children, plan)
@@ -237,7 +245,7 @@ def _trials(client, optuna_study, space, base: Plan, trials, per_trial, experime
              + (f", mean best val AUC {row['value']:.6f}" if row["value"] is not None else f" ({row['reason']})"))
         if interrupted:
             break
-    return interrupted, table
+    return interrupted
 
 
 def _publish_best(client, parent_id: str, optuna_study, base: Plan, table: list, echo) -> None:

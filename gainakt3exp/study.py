@@ -21,6 +21,7 @@ import shlex
 import signal
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from . import engine, experiment, study_report, tracking
@@ -40,7 +41,7 @@ TAG_POINT_VALUES = study_report.TAG_POINT_VALUES
 # --- the runs ------------------------------------------------------------------------------------------------------
 
 
-def _driver_tags() -> dict:
+def driver_tags() -> dict:
     return {"gakt.host": platform.node(), "gakt.pid": str(os.getpid())}
 
 
@@ -49,7 +50,7 @@ def create_parent(client, experiment_id: str, *, kind: str, study_id: str, title
     run = client.create_run(experiment_id, run_name=run_name, tags={
         tracking.TAG_EXP_ID: study_id, tracking.TAG_TITLE: title, tracking.TAG_KIND: kind,
         tracking.TAG_OUTCOME: "running", study_report.TAG_TOTAL: str(total), study_report.TAG_FINISHED: "0",
-        **_driver_tags(), **(tags or {})})
+        **driver_tags(), **(tags or {})})
     return run.info.run_id
 
 
@@ -75,7 +76,7 @@ def create_child(client, *, experiment_id: str, experiment_name: str, parent_id:
         TAG_POINT_VALUES: json.dumps(slot.values, sort_keys=True),
         study_report.TAG_FOLD: str(slot.fold), study_report.TAG_SEED: str(slot.seed),
         tracking.TAG_EXP_ID: exp_id, tracking.TAG_TITLE: title, tracking.TAG_KIND: "train",
-        tracking.TAG_OUTCOME: "pending", **_driver_tags()})
+        tracking.TAG_OUTCOME: "pending", **driver_tags()})
     config = experiment.build_config(slot.resolved, experiment_name=experiment_name, run_name=run_name,
                                      exp_id=exp_id, short_title=title, hashes=hashes, code=code)
     _pin_threads(config, plan.threads_per_run, exp_id)
@@ -118,10 +119,46 @@ def _raise_interrupt(signum, _frame):
     raise KeyboardInterrupt(_SIGNALS[-1])
 
 
+def interrupted_by(exc: KeyboardInterrupt) -> str:
+    return _SIGNALS[0] if _SIGNALS else (str(exc) or "SIGINT")
+
+
+@contextmanager
+def sigterm_interrupts():
+    """SIGTERM raises KeyboardInterrupt in the block (as Ctrl-C does), so both end a study the same way."""
+    _SIGNALS.clear()
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def abort(client, top_id: str, why: str, echo=print) -> int:
+    """An interruption outside the children's execution (while creating them, between trials): every run of the
+    study still RUNNING and the parent become KILLED. Returns 130."""
+    study_report.mark_unfinished(client, [r.info.run_id for r in study_report.study_children(client, top_id)],
+                                 f"the study driver received {why}")
+    tracking.MlflowSink(client, top_id).set_tags({tracking.TAG_OUTCOME: "killed",
+                                                  "gakt.outcome_reason": f"interrupted by {why} while starting"})
+    client.set_terminated(top_id, "KILLED")
+    echo(f"study run {top_id}: interrupted by {why}; marked KILLED")
+    return 130
+
+
+def create_guarded(client, top_id: str, make, echo=print):
+    """make() (creating the children), with Ctrl-C / SIGTERM leading to abort(): returns the children or None."""
+    try:
+        with sigterm_interrupts():
+            return make()
+    except KeyboardInterrupt as exc:
+        abort(client, top_id, interrupted_by(exc), echo)
+        return None
+
+
 def run_children(client, top_id: str, children: list[Child], plan: Plan) -> str | None:
     """Run the children on the joined Ray cluster and record each result (progress on stderr). Returns None, or the
     interruption (Ctrl-C / SIGTERM) after which every unfinished child was marked KILLED."""
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     progress = study_report.Progress(len(children), echo=lambda text: print(text, file=sys.stderr, flush=True))
     run_ids = {c.run_id for c in children}
 
@@ -133,17 +170,16 @@ def run_children(client, top_id: str, children: list[Child], plan: Plan) -> str 
     def on_tick():
         progress.show(running=study_report.count_running(client, top_id, run_ids))
 
-    _SIGNALS.clear()
     try:
-        progress.show(running=0)
-        _results, interrupted = engine.run_tasks([c.task for c in children], threads_per_run=plan.threads_per_run,
-                                                 on_done=on_done, on_tick=on_tick)
+        with sigterm_interrupts():
+            progress.show(running=0)
+            _results, interrupted = engine.run_tasks([c.task for c in children],
+                                                     threads_per_run=plan.threads_per_run, on_done=on_done,
+                                                     on_tick=on_tick)
+            if interrupted:
+                interrupted = _SIGNALS[0] if _SIGNALS else interrupted
     except KeyboardInterrupt as exc:  # during submission
-        interrupted = str(exc) or "SIGINT"
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    if interrupted and _SIGNALS:
-        interrupted = _SIGNALS[0]
+        interrupted = interrupted_by(exc)
     progress.close()
     if interrupted:
         study_report.mark_unfinished(client, sorted(run_ids), f"the study driver received {interrupted}")
@@ -209,9 +245,9 @@ def launch_study(plan: Plan, address: str | None, dry_run: bool, experiment_name
         echo(f"study {study_id}: {len(plan.slots)} children ({_shape(plan)}) on "
              f"{'a local Ray cluster' if address is None else address} ({plan.workers} workers x "
              f"{plan.threads_per_run} threads), parent run {parent_id}")
-        children = _create_children(client, experiment_id, name, parent_id, parent_id, study_id, plan, plan.slots,
-                                    hashes, code)
-        return execute(client, parent_id, children, plan, echo)
+        children = create_guarded(client, parent_id, lambda: create_children(
+            client, experiment_id, name, parent_id, parent_id, study_id, plan, plan.slots, hashes, code), echo)
+        return 130 if children is None else execute(client, parent_id, children, plan, echo)
 
 
 def _shape(plan: Plan) -> str:
@@ -221,7 +257,7 @@ def _shape(plan: Plan) -> str:
     return " x ".join(parts)
 
 
-def _create_children(client, experiment_id, name, parent_id, top_id, study_id, plan, slots, hashes, code,
+def create_children(client, experiment_id, name, parent_id, top_id, study_id, plan, slots, hashes, code,
                      attempts=None) -> list[Child]:
     return [create_child(client, experiment_id=experiment_id, experiment_name=name, parent_id=parent_id,
                          top_id=top_id, study_id=study_id, plan=plan, slot=slot,
@@ -229,7 +265,7 @@ def _create_children(client, experiment_id, name, parent_id, top_id, study_id, p
             for slot in slots]
 
 
-def _study_parent(client, ref: str):
+def study_parent(client, ref: str):
     parent = tracking.resolve_run(client, ref)
     if parent.data.tags.get(tracking.TAG_KIND) not in STUDY_KINDS:
         raise ConfigError(f"run {parent.info.run_id} is not a study (gakt.kind "
@@ -241,7 +277,7 @@ def resume_study(ref: str, address: str | None, workers: int | None, echo=print)
     """Run again only the children of a study that did not finish (new attempts of their slots), then aggregate."""
     address = engine.check_address(address)
     client = tracking.connect()
-    parent = _study_parent(client, ref)
+    parent = study_parent(client, ref)
     if parent.data.tags.get(tracking.TAG_KIND) == "search":
         raise ConfigError("a search is not resumed; start a new one with gakt-study search (its trials are "
                           "chosen by the sampler, in order)")
@@ -266,135 +302,11 @@ def resume_study(ref: str, address: str | None, workers: int | None, echo=print)
     hashes, code = data_hashes_for(todo), experiment.code_version()
     with engine.ray_cluster(address, workers=plan.workers, threads_per_run=plan.threads_per_run):
         client.update_run(parent_id, status="RUNNING")
-        tracking.MlflowSink(client, parent_id).set_tags({tracking.TAG_OUTCOME: "running", **_driver_tags()})
+        tracking.MlflowSink(client, parent_id).set_tags({tracking.TAG_OUTCOME: "running", **driver_tags()})
         echo(f"study {study_id}: resuming {len(todo)} of {len(plan.slots)} children")
         attempts = {s.index: int(latest[s.index].data.tags.get(TAG_ATTEMPT, "1")) + 1 for s in todo
                     if s.index in latest}
-        children = _create_children(client, parent.info.experiment_id, config["experiment_name"], parent_id,
-                                    parent_id, study_id, plan, todo, hashes, code, attempts)
-        return execute(client, parent_id, children, plan, echo)
-
-
-def reproduce_study(client, parent, evaluate: bool, echo=print) -> int:
-    """A new study tagged gakt.reproduction_of the original: one reproduction (gakt-repro's checks) per child."""
-    parent_id = parent.info.run_id
-    config, raw = experiment.read_config(client, parent_id)
-    latest = study_report.latest_children(client, parent_id)
-    evaluate = evaluate or bool(config.get("evaluate"))
-    unfinished = [str(s["slot"]) for s in config["slots"]
-                  if s["slot"] not in latest or not study_report.is_finished(latest[s["slot"]], False)]
-    if unfinished:
-        raise ReproError(f"study {config['study_id']}: children of slot(s) {', '.join(unfinished)} did not finish; "
-                         f"finish them first (gakt-study resume {config['study_id']})")
-    threads = config["engine"]["threads_per_run"]
-    plan = Plan(config["short_title"], config["profiles"], config["overrides"], config["folds"], config["seeds"],
-                config["grid"], evaluate, config["engine"]["workers"], threads, kind=config["kind"])
-    address = engine.check_address(None)
-    code = experiment.code_version()
-    with engine.ray_cluster(address, workers=plan.workers, threads_per_run=threads):
-        study_id = config["study_id"]
-        repro_id = create_parent(client, parent.info.experiment_id, kind=config["kind"], study_id=study_id,
-                                 title=config["short_title"], run_name=experiment.make_run_name(
-                                     config["short_title"], study_id) + "_repro",
-                                 total=len(latest), tags={tracking.TAG_REPRO_OF: parent_id})
-        tracking.publish_bytes(client, repro_id, experiment.CONFIG_NAME, raw)  # byte for byte
-        echo(f"reproducing study {study_id} (run {parent_id}) as run {repro_id}: {len(latest)} children")
-        children = []
-        for index in sorted(latest):
-            original = latest[index]
-            tags = original.data.tags
-            extra = {"mlflow.parentRunId": repro_id, TAG_STUDY_RUN: repro_id, TAG_STUDY_ID: study_id,
-                     TAG_SLOT: str(index), TAG_ATTEMPT: "1", TAG_POINT: tags.get(TAG_POINT, "0"),
-                     TAG_POINT_VALUES: tags.get(TAG_POINT_VALUES, "{}"), **_driver_tags(),
-                     **{t: str(tracking.read_params(original)[k]) for t, k in (
-                         (study_report.TAG_FOLD, "fold"), (study_report.TAG_SEED, "seed"))}}
-            _orig, new_id, params, _command = experiment.prepare_reproduction(client, original.info.run_id,
-                                                                               echo=echo, extra_tags=extra)
-            exp_id = tags.get(tracking.TAG_EXP_ID, "")
-            slot = Slot(index, int(tags.get(TAG_POINT, "0")), params["fold"], params["seed"],
-                        json.loads(tags.get(TAG_POINT_VALUES, "{}")), params)
-            children.append(Child(slot, new_id, exp_id,
-                                  make_task(new_id, exp_id, parent.info.experiment_id, params, plan, code)))
-        code_status = execute(client, repro_id, children, plan, echo, label="reproduction of study")
-    echo(f"compare with: gakt-compare {study_id}")
-    return code_status
-
-
-# --- comparing a study with its reproduction ----------------------------------------------------------------------
-
-
-def is_study(run) -> bool:
-    return run.data.tags.get(tracking.TAG_KIND) in STUDY_KINDS
-
-
-def compare_study(client, ref: str, repro: str | None = None, tolerance: float = 1e-4) -> dict:
-    """Compare every child of study `ref` with its reproduction (compare.compare_runs each) and give one verdict:
-    identical, within tolerance, or differs (also when a child has no reproduction)."""
-    from .compare import compare_runs, latest_reproduction
-    from .errors import RunNotFoundError
-
-    original = tracking.resolve_run(client, ref)
-    if repro is not None:
-        reproduction = tracking.resolve_run(client, repro)
-    elif original.data.tags.get(tracking.TAG_REPRO_OF):  # the reproduction's id: compare it with its original
-        original, reproduction = tracking.resolve_run(client, original.data.tags[tracking.TAG_REPRO_OF]), original
-    else:
-        reproduction = latest_reproduction(client, original)
-        if reproduction is None:
-            study_id = original.data.tags.get(tracking.TAG_EXP_ID, original.info.run_id)
-            raise RunNotFoundError(f"study {study_id} (run {original.info.run_id}) has no reproduction; run "
-                                   f"gakt-repro {study_id}")
-    ours, theirs = (study_report.latest_children(client, r.info.run_id) for r in (original, reproduction))
-    rows = []
-    for slot in sorted(ours):
-        child = ours[slot]
-        tags = child.data.tags
-        row = {"slot": slot, "fold": tags.get(study_report.TAG_FOLD), "seed": tags.get(study_report.TAG_SEED),
-               "values": json.loads(child.data.tags.get(TAG_POINT_VALUES, "{}")), "original": child.info.run_id,
-               "reproduction": None, "verdict": "missing", "failing": [], "val_auc": None, "val_auc_diff": None}
-        other = theirs.get(slot)
-        if other is not None and other.data.tags.get(tracking.TAG_REPRO_OF) == child.info.run_id:
-            report = compare_runs(client, child.info.run_id, other.info.run_id, tolerance)
-            best = next(r for r in report["summary"] if r["name"] == "Best Val AUC")
-            row.update(reproduction=other.info.run_id, verdict=report["verdict"], failing=report["failing"],
-                       val_auc=best["original"], val_auc_diff=best["diff"])
-        rows.append(row)
-    verdicts = {r["verdict"] for r in rows}
-    verdict = ("differs" if verdicts & {"differs", "missing"} or not rows
-               else "identical" if verdicts == {"identical"} else "within tolerance")
-    info = {r.info.run_id: r for r in (original, reproduction)}
-    return {"study_id": original.data.tags.get(tracking.TAG_EXP_ID), "tolerance": float(tolerance),
-            "original": original.info.run_id, "reproduction": reproduction.info.run_id,
-            "statuses": {k: v.info.status for k, v in info.items()}, "children": rows, "verdict": verdict}
-
-
-def format_study_comparison(report: dict) -> str:
-    from .compare import verdict_line
-
-    lines = [f"study {report['study_id']}, tolerance {report['tolerance']:.0e}",
-             f"  original      {report['original']}  {report['statuses'][report['original']]}",
-             f"  reproduction  {report['reproduction']}  {report['statuses'][report['reproduction']]}", "",
-             f"{'slot':>4}  {'fold':>4}  {'seed':>5}  {'best val AUC':>12}  {'diff':>9}  {'verdict':<16}  "
-             "original child                    reproduction child"]
-    for r in report["children"]:
-        diff = "-" if r["val_auc_diff"] is None else f"{r['val_auc_diff']:.2e}" if r["val_auc_diff"] else "0"
-        auc = "-" if r["val_auc"] is None else f"{r['val_auc']:.6f}"
-        lines.append(f"{r['slot']:>4}  {r['fold']:>4}  {r['seed']:>5}  {auc:>12}  {diff:>9}  {r['verdict']:<16}  "
-                     f"{r['original']}  {r['reproduction'] or '-'}")
-        if r["failing"]:
-            lines.append(f"{'':>6}failing: {', '.join(r['failing'][:8])}")
-    failing = sum(r["verdict"] in ("differs", "missing") for r in report["children"])
-    lines.append("")
-    line = verdict_line({"verdict": report["verdict"], "tolerance": report["tolerance"], "failing": []})
-    lines.append(f"verdict: differs ({failing} of {len(report['children'])} children)"
-                 if report["verdict"] == "differs" else line)
-    return "\n".join(lines)
-
-
-def reproduce_any(ref: str, echo=print, evaluate: bool = False) -> int:
-    """gakt-repro: a study reproduces every child (reproduce_study), any other run as experiment.reproduce does."""
-    client = tracking.connect()
-    run = tracking.resolve_run(client, ref)
-    if is_study(run):
-        return reproduce_study(client, run, evaluate, echo)
-    return experiment.reproduce(ref, echo=echo, evaluate=evaluate)
+        children = create_guarded(client, parent_id, lambda: create_children(
+            client, parent.info.experiment_id, config["experiment_name"], parent_id, parent_id, study_id, plan, todo,
+            hashes, code, attempts), echo)
+        return 130 if children is None else execute(client, parent_id, children, plan, echo)

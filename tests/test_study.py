@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pytest
 
-from gainakt3exp import tracking
 from gainakt3exp.runs import process_alive
 
 pytestmark = pytest.mark.slow

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from mlflow.entities import Metric
 
-from gainakt3exp import runs, study, study_report, tracking
+from gainakt3exp import runs, study, study_repro, study_report, tracking
 from gainakt3exp.cli import main
 from test_runs import client  # noqa: F401 - one real SQLite store for the module (tests/ is on the path)
 
@@ -118,13 +118,13 @@ def _study_with_reproduction(client, experiment_id, repro_aucs):
 
 def test_compare_of_a_study_is_identical_when_every_child_matches(client, experiment_id):
     study_id = _study_with_reproduction(client, experiment_id, [[0.6, 0.65], [0.55, 0.6]])
-    report = study.compare_study(client, study_id)
+    report = study_repro.compare_study(client, study_id)
     assert report["verdict"] == "identical" and [r["verdict"] for r in report["children"]] == ["identical"] * 2
 
 
 def test_compare_of_a_study_whose_child_differs_says_differs_and_exits_1(client, experiment_id):
     study_id = _study_with_reproduction(client, experiment_id, [[0.6, 0.65], [0.55, 0.61]])
-    report = study.compare_study(client, study_id)
+    report = study_repro.compare_study(client, study_id)
     assert report["verdict"] == "differs"
     assert [r["verdict"] for r in report["children"]] == ["identical", "differs"]
     assert report["children"][1]["val_auc_diff"] == pytest.approx(0.01)
