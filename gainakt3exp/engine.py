@@ -15,9 +15,10 @@ Process lifetimes. Each command runs under a small supervisor in its own session
 Ctrl-C reaches the driver, not the children). The supervisor has a parent-death signal: whenever its Ray worker
 dies (the task cancelled, the worker OOM-killed, a local cluster torn down after a kill -9 of the driver) it
 SIGTERMs its group: `mlflow run` exits and the training marks its run KILLED (SIGKILL after CANCEL_GRACE_SECONDS).
-A cancelled task SIGTERMs the group itself. The local cluster runs with RAY_kill_child_processes_on_worker_exit=
-false, so that Ray does not SIGKILL the supervisor first (which would orphan the training); a team cluster should be
-started the same way (README, Studies).
+On Ctrl-C / SIGTERM the driver force-cancels the tasks (their workers exit, the supervisors stop the children);
+a gentle cancel (KeyboardInterrupt in the task) SIGTERMs the group itself. The local cluster runs with
+RAY_kill_child_processes_on_worker_exit=false, so that Ray does not SIGKILL the supervisor first (which would orphan
+the training); a team cluster should be started the same way (README, Studies).
 """
 from __future__ import annotations
 
@@ -125,8 +126,10 @@ def run_tasks(tasks: list[dict], *, threads_per_run: int, on_done: Callable[[dic
     """Submit one Ray task per child and wait for all; on_done(task, result) as each ends, on_tick() now and then.
 
     Returns ({run_id: result}, None) or, after Ctrl-C / SIGTERM (KeyboardInterrupt here), the results so far and
-    the interruption's name: every task was cancelled and its child given CANCEL_GRACE_SECONDS to mark itself
-    KILLED. A result is {"status": exit status or None, "log": tail, "seconds", "skipped", "error"}."""
+    the interruption's name. Then every task is force-cancelled: its worker exits at once, whatever its signal
+    settings (a task started from a shell job that ignores SIGINT would never see a gentle cancel), and the
+    supervisor's parent-death signal stops the child, which marks itself KILLED (see the module docstring).
+    A result is {"status": exit status or None, "log": tail, "seconds", "skipped", "error"}."""
     import ray
 
     remote = ray.remote(run_child)
@@ -152,8 +155,11 @@ def run_tasks(tasks: list[dict], *, threads_per_run: int, on_done: Callable[[dic
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
         try:
             for ref in pending:
-                ray.cancel(ref)
-            done, _ = ray.wait(pending, num_returns=len(pending), timeout=CANCEL_GRACE_SECONDS + 10)
+                try:
+                    ray.cancel(ref, force=True)
+                except Exception:  # noqa: BLE001 - a cluster already going down (Ctrl-C reached it too)
+                    pass
+            done, _ = ray.wait(pending, num_returns=len(pending), timeout=10)
             for ref in done:
                 results[refs[ref]["run_id"]] = _result(ref)
         finally:

@@ -182,6 +182,7 @@ def run_children(client, top_id: str, children: list[Child], plan: Plan) -> str 
         interrupted = interrupted_by(exc)
     progress.close()
     if interrupted:
+        study_report.wait_stopped(client, sorted(run_ids), engine.CANCEL_GRACE_SECONDS)
         study_report.mark_unfinished(client, sorted(run_ids), f"the study driver received {interrupted}")
     return interrupted
 

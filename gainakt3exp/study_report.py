@@ -118,6 +118,18 @@ def record_child_result(client, run_id: str, result: dict, evaluate: bool) -> bo
     return False
 
 
+def wait_stopped(client, run_ids: list[str], seconds: float) -> None:
+    """Give children that were training `seconds` to mark themselves (KILLED, with their own reason)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        runs = [client.get_run(run_id) for run_id in run_ids]
+        if not [r for r in runs if r.info.status == "RUNNING" and r.data.tags.get(tracking.TAG_OUTCOME) == "running"]:
+            return
+        time.sleep(0.5)
+
+
 def mark_unfinished(client, run_ids: list[str], why: str) -> None:
     """After an interruption: every child still RUNNING (started or not) becomes KILLED with the reason."""
     for run_id in run_ids:
