@@ -108,6 +108,9 @@ def record_child_result(client, run_id: str, result: dict, evaluate: bool) -> bo
     if result.get("log"):
         tracking.publish_bytes(client, run_id, "mlflow_run.log", result["log"].encode())
     if is_finished(run, evaluate) and result.get("status") == 0:
+        earlier = run.data.tags.get(TAG_OUTCOME_REASON)
+        if earlier and not earlier.startswith("finished after Ray retried"):  # an attempt a worker death ended
+            sink.set_tags({TAG_OUTCOME_REASON: f"finished after Ray retried it (an earlier attempt: {earlier})"[:500]})
         return True
     killed = result.get("status") == 130 or run.data.tags.get(tracking.TAG_OUTCOME) == "killed"
     reason = _reason(result, run)

@@ -289,6 +289,38 @@ def test_after_kill_9_of_the_driver_no_training_runs_on_and_stale_marking_closes
     assert gakt(env, "gakt-runs", "--stale").stdout.strip() == "no stale runs"
 
 
+def _worker_of(exp_id: str) -> int:
+    """The pid of the Ray worker running the task of child exp_id (its process title names the task)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(f"ray::gakt-child-{exp_id}".encode()):
+                return int(proc.name)
+        except OSError:
+            continue
+    raise AssertionError(f"no Ray worker runs child {exp_id}")
+
+
+def test_a_task_ray_retries_after_its_worker_died_finishes_the_same_child_run(tmp_path, synthetic_root,
+                                                                             ray_address):
+    env = store_env(tmp_path)
+    driver = _start(env, _launch_args("retry", synthetic_root, "--folds", "0", "--seeds", "42", "--epochs", "40",
+                                      "--patience", "40", "--address", ray_address), tmp_path)
+    client = _client(env)
+    child, pid = _wait_for_training(client, driver, 0, tmp_path)
+    deadline = time.time() + WAIT
+    while not client.get_metric_history(child.info.run_id, "val/auc") and time.time() < deadline:
+        time.sleep(0.3)
+    os.kill(_worker_of(child.data.tags["gakt.experiment_id"]), signal.SIGKILL)  # as an OOM kill of the worker
+    assert _wait_gone(pid, 60)  # the supervisor stopped that attempt's training
+    assert driver.wait(timeout=WAIT) == 0, (tmp_path / "driver.log").read_text()
+    (only,) = _runs(client, f"tags.`gakt.study_run` = '{child.data.tags['gakt.study_run']}'")
+    assert only.info.run_id == child.info.run_id and only.info.status == "FINISHED"
+    assert only.data.tags["gakt.pid"] != str(pid)  # a second attempt trained, in the same run
+    assert only.data.tags["gakt.outcome_reason"].startswith("finished after Ray retried it")
+    steps = {m.step for m in client.get_metric_history(only.info.run_id, "val/auc")}
+    assert steps == set(range(1, 41))
+
+
 # --- search -------------------------------------------------------------------------------------------------------
 
 
