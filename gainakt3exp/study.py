@@ -79,7 +79,7 @@ def create_child(client, *, experiment_id: str, experiment_name: str, parent_id:
         tracking.TAG_OUTCOME: "pending", **driver_tags()})
     config = experiment.build_config(slot.resolved, experiment_name=experiment_name, run_name=run_name,
                                      exp_id=exp_id, short_title=title, hashes=hashes, code=code)
-    _pin_threads(config, plan.threads_per_run, exp_id)
+    _pin_threads(config, plan.threads_per_run)
     config["study"] = {"study_id": study_id, "parent_run_id": parent_id, "slot": slot.index, "point": slot.point,
                        "values": slot.values, "attempt": attempt, "threads_per_run": plan.threads_per_run}
     tracking.publish_bytes(client, run.info.run_id, experiment.CONFIG_NAME, experiment.config_bytes(config))
@@ -87,7 +87,7 @@ def create_child(client, *, experiment_id: str, experiment_name: str, parent_id:
                  make_task(run.info.run_id, exp_id, experiment_id, slot.params, plan, code))
 
 
-def _pin_threads(config: dict, threads: int, exp_id: str) -> None:
+def _pin_threads(config: dict, threads: int) -> None:
     """The child's commands run with the study's torch threads (the thread count can move the last float bits)."""
     pin = f"OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} "
     for key in ("train_explicit", "reproduce"):
