@@ -1,5 +1,5 @@
 """Thin click commands. Each verb is also a console script: gakt-launch, gakt-eval, gakt-repro, gakt-compare,
-gakt-runs, gakt-data (and `gakt <verb>`).
+gakt-runs, gakt-data, gakt-study (and `gakt <verb>`).
 
     gakt-launch --short_title baseline --profile quickstart
     gakt-eval 423891 && gakt-repro 423891 && gakt-compare 423891
@@ -112,14 +112,15 @@ def repro_cmd(run: str, evaluate: bool) -> None:
     """Re-run RUN (run id or 6-digit experiment id) from its logged parameters through `mlflow run`.
 
     The logged params are checked against the run's config.json and its md5 first; any difference refuses.
+    A study reproduces every child, as a new study tagged as the reproduction of it.
 
     \b
     Example:
       gakt-repro 423891 --eval && gakt-compare 423891
     """
-    from .experiment import reproduce
+    from .study_repro import reproduce_any
 
-    sys.exit(reproduce(run, echo=click.echo, evaluate=evaluate))
+    sys.exit(reproduce_any(run, echo=click.echo, evaluate=evaluate))
 
 
 @main.command("compare", context_settings=_CONTEXT)
@@ -132,6 +133,8 @@ def repro_cmd(run: str, evaluate: bool) -> None:
 def compare_cmd(run: str, repro, tolerance: float, as_json: bool) -> None:
     """Compare RUN with its reproduction through the tracking API. Exit 0: identical or within tolerance; 1: differs.
 
+    A study compares every child with its reproduction: one verdict and the per-child table.
+
     \b
     Example:
       gakt-compare 423891 --tolerance 1e-6
@@ -141,7 +144,14 @@ def compare_cmd(run: str, repro, tolerance: float, as_json: bool) -> None:
 
     if tolerance < 0:
         raise click.BadParameter("must be >= 0", param_hint="--tolerance")
-    report = compare_runs(tracking.connect(), run, repro, tolerance)
+    client = tracking.connect()
+    from .study_repro import compare_study, format_study_comparison, is_study
+
+    if is_study(tracking.resolve_run(client, run)):
+        report = compare_study(client, run, repro, tolerance)
+        click.echo(report_json(report) if as_json else format_study_comparison(report))
+        sys.exit(verdict_exit_code(report))
+    report = compare_runs(client, run, repro, tolerance)
     click.echo(report_json(report) if as_json else format_report(report))
     sys.exit(verdict_exit_code(report))
 
@@ -225,6 +235,8 @@ def _script(command):
     return run
 
 
+from . import cli_study  # noqa: E402 - registers `gakt study` (its commands live there)
+
 launch_main = _script(launch_cmd)
 repro_main = _script(repro_cmd)
 compare_main = _script(compare_cmd)
@@ -232,3 +244,4 @@ eval_main = _script(eval_cmd)
 runs_main = _script(runs_cmd)
 main.add_command(data_group)  # the `data` verbs live in data_cli.py
 data_main = _script(data_group)
+study_main = _script(cli_study.study_group)

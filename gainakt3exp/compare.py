@@ -99,7 +99,7 @@ def _value_row(name: str, a: float | None, b: float | None, tolerance: float, in
     return _row(name, a, b, d, INFO if info else (PASS if d <= tolerance else FAIL))
 
 
-def _best_step(history: dict[int, float]) -> int | None:
+def best_step(history: dict[int, float]) -> int | None:
     """The step of the highest val AUC (the earliest on ties, as training keeps the first best epoch)."""
     finite = {s: v for s, v in history.items() if not math.isnan(v)}
     return max(sorted(finite), key=lambda s: finite[s]) if finite else None
@@ -112,7 +112,7 @@ def summary_rows(ho: dict, hr: dict, tolerance: float) -> list[dict]:
         values = [v for v in h.get(key, {}).values() if not math.isnan(v)]
         return max(values) if values else None
 
-    bo, br = _best_step(ho.get("val/auc", {})), _best_step(hr.get("val/auc", {}))
+    bo, br = best_step(ho.get("val/auc", {})), best_step(hr.get("val/auc", {}))
     rows = [_value_row("Best Val AUC", best(ho, "val/auc"), best(hr, "val/auc"), tolerance),
             _value_row("Best Val Accuracy", best(ho, "val/accuracy"), best(hr, "val/accuracy"), tolerance)]
     for name, key in (("Mastery Correlation", "trajectory/mastery_correlation"),

@@ -318,6 +318,24 @@ def reproduce(ref: str, echo=print, evaluate: bool = False) -> int:
     With evaluate, the reproduction's best checkpoint is evaluated too (so gakt-compare can compare test AUCs).
     """
     client = tracking.connect()
+    original, new_id, _params, command = prepare_reproduction(client, ref, echo)
+    exp_id = original.data.tags.get(tracking.TAG_EXP_ID) or ""
+    echo(f"reproducing experiment {exp_id} (run {original.info.run_id}) as run {new_id}")
+    status = execute(command)
+    echo(f"reproduction run {new_id} exited with status {status}; compare with: gakt-compare {exp_id}")
+    if status == 0 and evaluate:
+        from .runner import evaluate_run
+
+        evaluate_run(client, new_id, echo=echo)
+    return status
+
+
+def prepare_reproduction(client, ref: str, echo=print, extra_tags: dict | None = None):
+    """The checks of gakt-repro, then the reproduction run (tagged, config.json copied byte for byte), not started.
+
+    Returns (original run, new run id, typed params, the `mlflow run --run-id` command); `extra_tags` go on the
+    new run (a study nests it under its reproduction parent).
+    """
     original = tracking.resolve_run(client, ref)
     run_id = original.info.run_id
     config, raw = read_config(client, run_id)
@@ -340,17 +358,10 @@ def reproduce(ref: str, echo=print, evaluate: bool = False) -> int:
     run_name = make_run_name(title, exp_id) + "_repro"
     new = client.create_run(original.info.experiment_id, run_name=run_name, tags={
         tracking.TAG_REPRO_OF: run_id, tracking.TAG_EXP_ID: exp_id, tracking.TAG_TITLE: title,
-        tracking.TAG_KIND: "repro", tracking.TAG_OUTCOME: "pending"})
+        tracking.TAG_KIND: "repro", tracking.TAG_OUTCOME: "pending", **(extra_tags or {})})
     new_id = new.info.run_id
     tracking.publish_bytes(client, new_id, CONFIG_NAME, raw)  # byte for byte
     command = [mlflow_executable(), "run", str(PROJECT_ROOT), "--env-manager", "local", "--experiment-id",
                original.info.experiment_id, "--run-id", new_id, *param_args(params)]
-    echo(f"reproducing experiment {exp_id} (run {run_id}) as run {new_id}")
-    status = execute(command)
-    echo(f"reproduction run {new_id} exited with status {status}; compare with: gakt-compare {exp_id}")
-    if status == 0 and evaluate:
-        from .runner import evaluate_run
-
-        evaluate_run(client, new_id, echo=echo)
-    return status
+    return original, new_id, params, command
 

@@ -68,6 +68,12 @@ def is_evaluation(run) -> bool:
     return tracking.TAG_EVAL_OF in tags or tags.get(tracking.TAG_KIND) == "eval"
 
 
+def is_study_member(run) -> bool:
+    """A study's child or a search trial: listed under its study (gakt-study show), not on its own."""
+    tags = run.data.tags
+    return "gakt.study_run" in tags or tags.get(tracking.TAG_KIND) == "trial"
+
+
 def kind_of(run) -> str:
     tags = run.data.tags
     if tags.get(tracking.TAG_KIND):
@@ -122,13 +128,15 @@ def list_runs(client, limit: int = 20, experiment_name: str | None = None) -> li
     start_time (ms) and started (local 'YYYY-MM-DD HH:MM'), best_val_auc, epochs (last val/auc step),
     test_auc (eval/test_auc or None), reproduced ('-'/'matched'/'differs'/<repro outcome> for originals, '' for
     reproductions) and reproduction_of (the original's run id, reproductions only).
+    Studies are rows of their own (kind study/search; best_val_auc = the mean over the best point's children,
+    children = 'finished/total'); their children and trials are not listed (gakt-study show lists them).
     """
     if not isinstance(limit, int) or limit < 1:
         raise ConfigError(f"limit {limit!r}: must be a whole number >= 1, e.g. --limit 20")
     rows = []
     latest_repro: dict[str, object] = {}  # original run id -> its newest reproduction
     for run in _iter_runs(client, _experiment_ids(client, experiment_name)):
-        if is_evaluation(run):
+        if is_evaluation(run) or is_study_member(run):
             continue
         tags, latest = run.data.tags, _latest_metrics(run)
         kind = kind_of(run)
@@ -141,8 +149,10 @@ def list_runs(client, limit: int = 20, experiment_name: str | None = None) -> li
             "short_title": tags.get(tracking.TAG_TITLE, "-"), "kind": kind, "status": run.info.status,
             "outcome": tags.get(tracking.TAG_OUTCOME, "-"), "start_time": run.info.start_time,
             "started": _when(run.info.start_time), "best_val_auc": best_val_auc(client, run),
-            "epochs": int(val.step) if val is not None else 0,
-            "test_auc": run.data.metrics.get("eval/test_auc"),
+            "epochs": int(val.step) if val is not None else None if "gakt.children_total" in tags else 0,
+            "test_auc": run.data.metrics.get("eval/test_auc", run.data.metrics.get("study/test_auc_mean")),
+            "children": (f"{tags.get('gakt.children_finished', '0')}/{tags['gakt.children_total']}"
+                         if "gakt.children_total" in tags else ""),
             "reproduced": "" if repro_of else reproduction_state(run, latest_repro.get(run.info.run_id)),
             "reproduction_of": repro_of,
         })
@@ -155,19 +165,20 @@ def latest_training_exp_id(client, experiment_name: str | None = None) -> str:
     """The 6-digit id of the newest training run (not a reproduction or evaluation): what `--latest_id` prints.
     Reads only run tags, never metric histories."""
     for run in _iter_runs(client, _experiment_ids(client, experiment_name)):
-        if not is_evaluation(run) and kind_of(run) == "train":
+        if not is_evaluation(run) and not is_study_member(run) and kind_of(run) == "train":
             return run.data.tags.get(tracking.TAG_EXP_ID, "-")
     raise RunNotFoundError("no training run yet; start one with gakt-launch")
 
 
 _COLUMNS = (("exp_id", "id", 6), ("short_title", "title", 16), ("kind", "kind", 5), ("status", "status", 8),
             ("outcome", "outcome", 8), ("started", "started", 16), ("best_val_auc", "best val AUC", 12),
-            ("epochs", "epochs", 6), ("test_auc", "test AUC", 8), ("reproduced", "repro", 7), ("run_id", "run id", 32))
+            ("epochs", "epochs", 6), ("test_auc", "test AUC", 8), ("reproduced", "repro", 7),
+            ("children", "children", 8), ("run_id", "run id", 32))
 
 
 def _cell(key: str, value) -> str:
     if value is None or value == "":
-        return "-" if key != "reproduced" else ""
+        return "-" if key not in ("reproduced", "children") else ""
     if key in ("best_val_auc", "test_auc"):
         return f"{value:.4f}"
     return str(value)

@@ -64,3 +64,13 @@ def shared_assist2015() -> Path:
     if not (path / "train_valid_sequences.csv").is_file():
         pytest.skip(f"real data not found at {path} (the project expects ../shared/data/assist2015)")
     return path
+
+
+@pytest.fixture(scope="session")
+def ray_address(tmp_path_factory):
+    """One real Ray cluster (2 CPUs, 127.0.0.1) for the whole test session, started on first use, always stopped."""
+    from ray_utils import start_ray
+
+    cluster = start_ray(tmp_path_factory.mktemp("ray"), num_cpus=2)
+    yield cluster.address
+    cluster.stop()

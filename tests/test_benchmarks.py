@@ -36,3 +36,13 @@ def test_eval_correlations_reports_one_line_per_student_count(synthetic_root):
 def test_epoch_overhead_reports_the_share_of_logging(synthetic_root, tmp_path):
     (line,) = _run("epoch_overhead.py", "--profile", "tiny", "--data_root", str(synthetic_root), "--batches", "2")
     assert 0 <= line["results"]["percent_of_epoch"]["overhead"] < 100
+
+
+def test_study_overhead_reports_the_engine_overhead_and_the_parallel_ratio(synthetic_root):
+    (line,) = _run("study_overhead.py", "--profile", "tiny", "--data_root", str(synthetic_root), "--folds", "0",
+                   "--override", "epochs=1")
+    results = line["results"]
+    for config in ("workers2_threads1", "workers1_threads2"):
+        assert results[config]["children"] == 1 and results[config]["children_own_seconds_sum"] > 0
+        assert results[config]["wall_seconds"] > results[config]["study_execute_seconds"] > 0
+    assert results["parallel_over_serial_wall_ratio"] > 0 and "engine_overhead_per_child_seconds" in results
