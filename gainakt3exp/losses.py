@@ -179,9 +179,14 @@ def alignment_correlations(
     """rho_M = corr(M, P), rho_G = corr(G, P) over mu_t, with M_t = mean_k m_t[k], G_t = mean_k g_t[k] (B, L)
     and P = residual_performance(y) if residual else y. A head that is off (None) gives None."""
     p = residual_performance(y, mask, window) if residual else y
-    rho_m = masked_pearson(big_m, p, mask) if big_m is not None else None
-    rho_g = masked_pearson(big_g, p, mask) if big_g is not None else None
-    return rho_m, rho_g
+    present = [x for x in (big_m, big_g) if x is not None]
+    if not present:
+        return None, None
+    # both correlations in one pass over the batch: rows (M, G) against the same P and mask
+    corr, _ = _pearson(torch.stack([x.reshape(-1) for x in present]), p.reshape(1, -1).expand(len(present), -1),
+                       mask.reshape(1, -1).expand(len(present), -1), dim=1)
+    got = iter(corr)
+    return (next(got) if big_m is not None else None), (next(got) if big_g is not None else None)
 
 
 def lag_gain_correlation(
@@ -197,23 +202,25 @@ def lag_gain_correlation(
     """
     if max_lag > len(lag_weights):
         raise ConfigError(f"lag_max_lag={max_lag} but only {len(lag_weights)} lag weights; fix: lag_max_lag <= 3")
-    weighted = big_g.sum() * 0.0  # 0 that stays in the graph
-    used_weight = torch.zeros((), device=big_g.device)
-    per_lag, count = [], torch.zeros((), dtype=torch.long, device=big_g.device)
-    for lag in range(1, max_lag + 1):
-        pair = mask[:, :-lag] & mask[:, lag:]  # (B, L-lag); empty when L <= lag
-        corr, defined = _pearson(big_g[:, :-lag], y[:, lag:], pair, dim=1)  # (B,)
-        rows = defined & (pair.sum(dim=1) >= FIXED_CONSTANTS["lag_min_pairs"])
-        n_rows = rows.sum()
-        mean_corr = torch.where(rows, corr, torch.zeros_like(corr)).sum() / n_rows.clamp(min=1)
-        counted = n_rows > 0
-        per_lag.append(torch.where(counted, mean_corr.detach(), torch.full_like(mean_corr, float("nan"))))
-        weighted = weighted + float(lag_weights[lag - 1]) * mean_corr  # 0 when no row counted
-        used_weight = used_weight + float(lag_weights[lag - 1]) * counted
-        count = count + n_rows
+    l = big_g.shape[1]
+    if max_lag == 0:
+        zero = big_g.sum() * 0.0
+        return zero, big_g.new_zeros(0), torch.zeros((), dtype=torch.long, device=big_g.device)
+    # every lag at once: (K, B, L) pairs (t, t + l), shifted left and padded with invalid pairs
+    shifted = [(F.pad(mask[:, lag:], (0, lag), value=False)[:, :l], F.pad(y[:, lag:], (0, lag))[:, :l])
+               for lag in range(1, max_lag + 1)]
+    pair = torch.stack([mask & m for m, _ in shifted])  # mu_t & mu_{t+l}  (K, B, L)
+    later = torch.stack([v for _, v in shifted])  # y_{t+l}  (K, B, L)
+    corr, defined = _pearson(big_g.unsqueeze(0).expand_as(later), later, pair, dim=2)  # (K, B)
+    rows = defined & (pair.sum(dim=2) >= FIXED_CONSTANTS["lag_min_pairs"])
+    n_rows = rows.sum(dim=1)  # (K,)
+    mean_corr = torch.where(rows, corr, torch.zeros_like(corr)).sum(dim=1) / n_rows.clamp(min=1)  # 0 if none
+    counted = n_rows > 0
+    weights = torch.tensor([float(w) for w in lag_weights[:max_lag]], device=big_g.device)
+    weighted, used_weight = (weights * mean_corr).sum(), (weights * counted).sum()
     value = torch.where(used_weight > 0, weighted / used_weight.clamp(min=1e-30), weighted * 0.0)
-    per_lag_t = torch.stack(per_lag) if per_lag else big_g.new_zeros(0)
-    return value, per_lag_t, count
+    per_lag = torch.where(counted, mean_corr.detach(), torch.full_like(mean_corr, float("nan")))
+    return value, per_lag, n_rows.sum()
 
 
 def retention_loss(rho_m: torch.Tensor, peak: float, delta: float, weight: float) -> torch.Tensor:
