@@ -184,7 +184,10 @@ def main(argv=None) -> None:
         emit("interpretability", bench, {
             "train_seconds": train_t.wall, "generate_seconds": gen_t.wall, "measure_seconds": measure_t.wall,
             "best_epoch": results["best_epoch"], "epochs_run": results["last_epoch"],
-            "best_val_auc": results["best_val_auc"], "data": {k: info[k] for k in ("students", "skills", "seed",
+            "best_val_auc": results["best_val_auc"],
+            "val_auc_by_epoch": [row.get("val/auc") for row in results["train_history"]["epochs"]],
+            "epoch_seconds": [row.get("train/epoch_seconds") for row in results["train_history"]["epochs"]],
+            "data": {k: info[k] for k in ("students", "skills", "seed",
                                                                                     "interactions")},
             "measured": measured, "all_skills": every, "peak_rss_mib": peak_rss_kib() / 1024,
             **{k: v for k, v in flat.items() if k in ("auc", "oracle_auc")}}, flat)
