@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/interpretability.py                        # the acceptance configuration
     .venv/bin/python benchmarks/interpretability.py --profile quickstart --epochs 10      # a profile, 10 epochs
-    .venv/bin/python benchmarks/interpretability.py --students 800 --skills 1200 --profile cpu-tuned --many
+    .venv/bin/python benchmarks/interpretability.py --students 800 --skills 1200            # the many-skill preset
 
 The data: `gakt-data synth` students (--students, --skills, --seed), written to --data_root (a tmp folder by
 default) as the built-in data set `synthetic` (<= 20 skills) or `synthetic_many` (<= 1,200). A run of
@@ -18,6 +18,10 @@ averaged over rows where defined) and spearman (rank correlation, pooled). AUC o
 (the true P(correct) = GUESS + (1 - GUESS - SLIP) p*, the best any model can do) on the same steps.
 With <= 100 skills, also every skill: m_t[k] vs p*_{t+1}[k] recomputed from the generator's seed
 (truth_all_skills: pooled over (step, skill) cells, within per row, spearman).
+A prediction baseline without a network, `feature_logistic_auc` (test): a logistic regression fitted on the
+training rows from counts a student's window shows before each step (attempts, correct and wrong answers of the
+skill, overall accuracy and attempts, the skill itself). The oracle knows each student's true mastery; a model
+must infer it from the window, and this baseline says how much of the gap a simple well-specified predictor closes.
 Prints one JSON line: `auc`, `oracle_auc` (test), `truth.<source>.<split>.<stat>`, `truth_all_skills.<split>.<stat>`,
 the parameters and timings.
 """
@@ -84,6 +88,38 @@ def baselines(seqs, width: int) -> dict[str, np.ndarray]:
         count[lo:lo + 256] = same.sum(-1)
         correct[lo:lo + 256] = (same & (rr[:, None, :] == 1)).sum(-1)
     return {"practice_count": count, "running_accuracy": (correct + 1.0) / (count + 2.0)}
+
+
+def count_features(seqs):
+    """Per step t (predicting step t+1): the counts of the window's steps 0..t, as a sparse design matrix, y, mask."""
+    from scipy import sparse
+
+    c, r = seqs.concepts, seqs.responses
+    width = c.shape[1]
+    counts = baselines(seqs, width)
+    attempts, accuracy = counts["practice_count"], counts["running_accuracy"]
+    right = accuracy * (attempts + 2.0) - 1.0
+    valid = (c != -1)[:, :width - 1]
+    seen = np.cumsum(valid, axis=1)
+    correct_all = np.cumsum(valid & (r[:, :width - 1] == 1), axis=1)
+    q, y = c[:, 1:], r[:, 1:]
+    mask = q != -1
+    dense = np.stack([np.log1p(attempts), np.log1p(right), np.log1p(attempts - right),
+                      (correct_all + 1.0) / (seen + 2.0), np.log1p(seen)], axis=-1)[mask]
+    skills = sparse.csr_matrix((np.ones(int(mask.sum())), (np.arange(int(mask.sum())), q[mask])))
+    return sparse.hstack([sparse.csr_matrix(dense), skills]).tocsr(), y[mask], skills.shape[1]
+
+
+def feature_logistic_auc(train, test) -> float:
+    from scipy import sparse
+    from sklearn.linear_model import LogisticRegression
+
+    x_train, y_train, c_train = count_features(train)
+    x_test, y_test, c_test = count_features(test)
+    width = max(c_train, c_test)
+    pad = lambda x, c: sparse.hstack([x, sparse.csr_matrix((x.shape[0], width - c))]).tocsr()  # noqa: E731
+    fit = LogisticRegression(max_iter=2000).fit(pad(x_train, c_train), y_train)
+    return metrics.roc_auc(y_test, fit.predict_proba(pad(x_test, c_test))[:, 1])
 
 
 def _stats(x: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor) -> dict:
@@ -161,6 +197,8 @@ def main(argv=None) -> None:
         splits = {s: data_mod.load_split(spec, s, params["fold"], params["seq_len"]) for s in ("valid", "test")}
         with Timer() as measure_t:
             measured = {s: measure_split(model, seqs, params, device) for s, seqs in splits.items()}
+            logistic = feature_logistic_auc(data_mod.load_split(spec, "train", params["fold"], params["seq_len"]),
+                                            splits["test"])
             every = {}
             if args.skills <= MAX_ALL_SKILLS and model.mastery_head is not None:
                 sim, groups = simulate_students(args.students, args.skills, args.seed), split_students(args.students,
@@ -172,6 +210,7 @@ def main(argv=None) -> None:
                                                     all_skill_truth(sim, groups["test"], params["seq_len"]),
                                                     params, device)}
         flat = {"auc": measured["test"]["auc"], "oracle_auc": measured["test"]["oracle_auc"],
+                "feature_logistic_auc": logistic,
                 "valid_auc": measured["valid"]["auc"], "valid_oracle_auc": measured["valid"]["oracle_auc"]}
         for split, m in measured.items():
             for source, stats in m["truth"].items():
@@ -190,7 +229,7 @@ def main(argv=None) -> None:
             "data": {k: info[k] for k in ("students", "skills", "seed",
                                                                                     "interactions")},
             "measured": measured, "all_skills": every, "peak_rss_mib": peak_rss_kib() / 1024,
-            **{k: v for k, v in flat.items() if k in ("auc", "oracle_auc")}}, flat)
+            **{k: v for k, v in flat.items() if k in ("auc", "oracle_auc", "feature_logistic_auc")}}, flat)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
