@@ -16,13 +16,15 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 # The whole story on the embedded defaults: synthetic students, a small tracked run, evaluation,
-# reproduction and the comparison verdict, all in the local store ./mlflow.db (+ ./mlruns).
+# reproduction and the comparison verdict, then a 2-fold study on a local Ray cluster, all in the local store
+# ./mlflow.db (+ ./mlruns).
 demo: setup
 	$(BIN)/gakt-data synth --out data/synthetic --students 1000 --skills 20 --seed 7
 	$(BIN)/gakt-launch --short_title quickstart --profile quickstart
 	$(BIN)/gakt-eval $$($(BIN)/gakt-runs --latest_id)
 	$(BIN)/gakt-repro --eval $$($(BIN)/gakt-runs --latest_id)
 	$(BIN)/gakt-compare $$($(BIN)/gakt-runs --latest_id)
+	$(BIN)/gakt-study launch --short_title quickstudy --profile quickstart --folds 0,1 --seeds 42 --workers 2 --threads_per_run 1
 	@echo "Open the MLflow UI on this store: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port 5000"
 	@echo "then http://127.0.0.1:5000/#/experiments?workflowType=machine_learning (README: The MLflow UI)"
 

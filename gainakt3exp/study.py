@@ -161,15 +161,16 @@ def run_children(client, top_id: str, children: list[Child], plan: Plan) -> str 
     """Run the children on the joined Ray cluster and record each result (progress on stderr). Returns None, or the
     interruption (Ctrl-C / SIGTERM) after which every unfinished child was marked KILLED."""
     progress = study_report.Progress(len(children), echo=lambda text: print(text, file=sys.stderr, flush=True))
-    run_ids = {c.run_id for c in children}
+    run_ids, done_ids = {c.run_id for c in children}, set()
 
     def on_done(task, result):
+        done_ids.add(task["run_id"])
         progress.done(study_report.record_child_result(client, task["run_id"], result, plan.evaluate))
         client.set_tag(top_id, study_report.TAG_FINISHED, str(study_report.count_finished(client, top_id,
                                                                                         plan.evaluate)))
 
     def on_tick():
-        progress.show(running=study_report.count_running(client, top_id, run_ids))
+        progress.show(running=study_report.count_running(client, top_id, run_ids - done_ids, plan.evaluate))
 
     try:
         with sigterm_interrupts():

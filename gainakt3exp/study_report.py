@@ -72,9 +72,13 @@ def is_finished(run, evaluate: bool) -> bool:
     return done and (not evaluate or tags.get("gakt.evaluated") == "true")
 
 
-def count_running(client, parent_id: str, run_ids: set) -> int:
-    return sum(1 for r in study_children(client, parent_id)
-               if r.info.run_id in run_ids and r.data.tags.get(tracking.TAG_OUTCOME) == "running")
+def count_running(client, parent_id: str, run_ids: set, evaluate: bool = False) -> int:
+    """Children of run_ids still at work: training (outcome running) or, with --eval, trained and not yet evaluated."""
+    def at_work(r) -> bool:
+        outcome = r.data.tags.get(tracking.TAG_OUTCOME)
+        return outcome == "running" or (evaluate and outcome == "finished" and not is_finished(r, evaluate))
+
+    return sum(1 for r in study_children(client, parent_id) if r.info.run_id in run_ids and at_work(r))
 
 
 def count_finished(client, parent_id: str, evaluate: bool) -> int:
@@ -418,7 +422,10 @@ def trajectory_png(report: dict) -> bytes:
                             alpha=0.2, color=line.get_color())
         ax.set(title=key, xlabel="epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(fontsize=7)
+        if ax.get_lines():
+            ax.legend(fontsize=7)
+        else:  # no child logged this metric (e.g. pure BCE has no mastery): say so instead of an empty legend
+            ax.text(0.5, 0.5, "not logged by these children", ha="center", va="center", transform=ax.transAxes)
     fig.suptitle(f"study {report['study_id']} ({report['short_title']}): mean ± std across children")
     fig.tight_layout()
     buffer = io.BytesIO()
