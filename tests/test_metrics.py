@@ -252,20 +252,26 @@ def test_one_pass_then_select_rows_equals_a_pass_over_those_rows(local_batches):
         metrics.prediction_metrics(StandIn(), seqs, 30, "cpu", use_score_mask=True))
 
 
-def test_partial_passes_of_the_real_model_equal_one_full_pass():
-    """semantic/global metrics run the model without its prediction head, prediction metrics without the
-    mastery and gain heads (GainAKT3Exp.forward(logits=..., interpretation=...)): same numbers as a full pass."""
+def _real_model_and_seqs(seed: int, mastery_gain_scale: float):
+    """40 windows with truth and a small real GainAKT3Exp (gain head, clamp link) made after torch.manual_seed(0)."""
     from gainakt3exp.model import GainAKT3Exp
 
-    ns = _seqs(n=40, seed=17)
+    ns = _seqs(n=40, seed=seed)
     seqs = data.Sequences(concepts=ns.concepts, responses=ns.responses, selectmasks=ns.selectmasks,
                           uids=np.arange(40), lengths=ns.lengths, truth=ns.truth.astype(np.float32),
                           source="memory", file_hash="0")
     torch.manual_seed(0)
     model = GainAKT3Exp(num_c=C, seq_len=12, d_model=16, n_heads=2, num_encoder_blocks=2, d_ff=24, dropout=0.1,
-                        emb_type="qid", use_mastery_head=True, use_gain_head=True, mastery_gain_scale=0.1,
-                        gain_scope="all_skills", mastery_link="clamp", mastery_in_prediction="none",
-                        gain_head_init_scale=1.0)
+                        emb_type="qid", use_mastery_head=True, use_gain_head=True,
+                        mastery_gain_scale=mastery_gain_scale, gain_scope="all_skills", mastery_link="clamp",
+                        mastery_in_prediction="none", gain_head_init_scale=1.0)
+    return seqs, model
+
+
+def test_partial_passes_of_the_real_model_equal_one_full_pass():
+    """semantic/global metrics run the model without its prediction head, prediction metrics without the
+    mastery and gain heads (GainAKT3Exp.forward(logits=..., interpretation=...)): same numbers as a full pass."""
+    seqs, model = _real_model_and_seqs(seed=17, mastery_gain_scale=0.1)
     out = metrics.collect_outputs(model, seqs, np.arange(40), 8, "cpu")
     semantic = metrics.semantic_metrics(model, seqs, 25, 8, "cpu")
     assert semantic["mastery_correlation"] is not None and semantic["gain_correlation"] is not None
@@ -281,17 +287,7 @@ def test_partial_passes_of_the_real_model_equal_one_full_pass():
 def test_reduced_pass_of_the_real_model_gives_the_full_pass_per_step_values():
     """collect_outputs(per_skill=False) runs the reduced pass (no (B, L, C) tensors): the same logits, skill means
     and target mastery as the full pass, so prediction, global and correlation metrics agree."""
-    from gainakt3exp.model import GainAKT3Exp
-
-    ns = _seqs(n=40, seed=19)
-    seqs = data.Sequences(concepts=ns.concepts, responses=ns.responses, selectmasks=ns.selectmasks,
-                          uids=np.arange(40), lengths=ns.lengths, truth=ns.truth.astype(np.float32),
-                          source="memory", file_hash="0")
-    torch.manual_seed(0)
-    model = GainAKT3Exp(num_c=C, seq_len=12, d_model=16, n_heads=2, num_encoder_blocks=2, d_ff=24, dropout=0.1,
-                        emb_type="qid", use_mastery_head=True, use_gain_head=True, mastery_gain_scale=0.5,
-                        gain_scope="all_skills", mastery_link="clamp", mastery_in_prediction="none",
-                        gain_head_init_scale=1.0)
+    seqs, model = _real_model_and_seqs(seed=19, mastery_gain_scale=0.5)
     full = metrics.collect_outputs(model, seqs, np.arange(40), 8, "cpu")
     reduced = metrics.collect_outputs(model, seqs, np.arange(40), 8, "cpu", per_skill=False)
     for key in ("logits", "mastery_mean", "gain_mean", "target_mastery", "mask", "y", "truth"):
