@@ -170,7 +170,7 @@ def run_children(client, top_id: str, children: list[Child], plan: Plan) -> str 
                                                                                         plan.evaluate)))
 
     def on_tick():
-        progress.show(running=study_report.count_running(client, top_id, run_ids - done_ids, plan.evaluate))
+        progress.show(running=study_report.count_running(client, top_id, run_ids - done_ids))
 
     try:
         with sigterm_interrupts():

@@ -72,13 +72,11 @@ def is_finished(run, evaluate: bool) -> bool:
     return done and (not evaluate or tags.get("gakt.evaluated") == "true")
 
 
-def count_running(client, parent_id: str, run_ids: set, evaluate: bool = False) -> int:
-    """Children of run_ids still at work: training (outcome running) or, with --eval, trained and not yet evaluated."""
-    def at_work(r) -> bool:
-        outcome = r.data.tags.get(tracking.TAG_OUTCOME)
-        return outcome == "running" or (evaluate and outcome == "finished" and not is_finished(r, evaluate))
-
-    return sum(1 for r in study_children(client, parent_id) if r.info.run_id in run_ids and at_work(r))
+def count_running(client, parent_id: str, run_ids: set) -> int:
+    """Children of run_ids (the ones whose task has not returned) that have started: training, evaluating or
+    ending their `mlflow run`; a child still `pending` waits for a CPU."""
+    return sum(1 for r in study_children(client, parent_id)
+               if r.info.run_id in run_ids and r.data.tags.get(tracking.TAG_OUTCOME, "pending") != "pending")
 
 
 def count_finished(client, parent_id: str, evaluate: bool) -> int:

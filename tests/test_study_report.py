@@ -143,14 +143,16 @@ def test_runs_lists_a_study_with_its_children_count_and_not_its_children(client,
     assert "1/2" in runs.format_runs(rows).splitlines()[2]
 
 
-def test_a_child_in_its_evaluation_still_counts_as_running(client, experiment_id):
-    """Progress: with --eval a child whose training finished but whose evaluation has not is still at work."""
-    parent = make_parent(client, experiment_id, evaluate=True, total=3)
-    training = make_child(client, experiment_id, parent, slot=0, fold=0, seed=1, val_auc=[0.6], status="RUNNING")
+def test_a_started_child_counts_as_running_until_its_task_returns(client, experiment_id):
+    """Progress: a child is running from its start until the engine reports its task done (training, its
+    evaluation, the end of its mlflow run); a pending child waits for a CPU."""
+    parent = make_parent(client, experiment_id, evaluate=True, total=4)
+    training = make_child(client, experiment_id, parent, slot=0, fold=0, seed=1, val_auc=[0.6])
     client.set_tag(training, tracking.TAG_OUTCOME, "running")
     evaluating = make_child(client, experiment_id, parent, slot=1, fold=1, seed=1, val_auc=[0.6])
-    evaluated = make_child(client, experiment_id, parent, slot=2, fold=2, seed=1, val_auc=[0.6], test_auc=0.7)
-    ids = {training, evaluating, evaluated}
-    assert study_report.count_running(client, parent, ids, evaluate=True) == 2
-    assert study_report.count_running(client, parent, ids, evaluate=False) == 1
-    assert study_report.count_running(client, parent, ids - {evaluating}, evaluate=True) == 1
+    done = make_child(client, experiment_id, parent, slot=2, fold=2, seed=1, val_auc=[0.6], test_auc=0.7)
+    waiting = make_child(client, experiment_id, parent, slot=3, fold=3, seed=1, val_auc=[0.6])
+    client.set_tag(waiting, tracking.TAG_OUTCOME, "pending")
+    not_returned = {training, evaluating, waiting}  # the engine returned `done`'s task
+    assert study_report.count_running(client, parent, not_returned) == 2
+    assert study_report.count_running(client, parent, not_returned | {done}) == 3
