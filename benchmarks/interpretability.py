@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import sparse
 from scipy.stats import spearmanr
 
 from common import Bench, Timer, emit, machine_cores, parse_overrides, peak_rss_kib, run
@@ -74,8 +75,8 @@ def dataset_for(skills: int) -> str:
     raise SystemExit(f"--skills {skills}: the built-in synthetic data sets hold at most 1,200 skills")
 
 
-def baselines(seqs, width: int) -> dict[str, np.ndarray]:
-    """practice_count and running_accuracy of q_t = c_{t+1} from the window's steps 0..t, (rows, width)."""
+def skill_counts(seqs, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Earlier attempts and earlier correct answers of q_t = c_{t+1} in the window's steps 0..t, (rows, width)."""
     c, r = seqs.concepts, seqs.responses
     n, w = c.shape
     steps = min(width, w - 1)
@@ -87,18 +88,21 @@ def baselines(seqs, width: int) -> dict[str, np.ndarray]:
         same = (cc[:, None, :] == q[:, :, None]) & earlier & (q[:, :, None] != -1)  # (rows, t, tau)
         count[lo:lo + 256] = same.sum(-1)
         correct[lo:lo + 256] = (same & (rr[:, None, :] == 1)).sum(-1)
+    return count, correct
+
+
+def baselines(seqs, width: int) -> dict[str, np.ndarray]:
+    """practice_count and running_accuracy of q_t = c_{t+1} from the window's steps 0..t, (rows, width)."""
+    count, correct = skill_counts(seqs, width)
     return {"practice_count": count, "running_accuracy": (correct + 1.0) / (count + 2.0)}
 
 
-def count_features(seqs):
-    """Per step t (predicting step t+1): the counts of the window's steps 0..t, as a sparse design matrix, y, mask."""
-    from scipy import sparse
-
+def count_features(seqs, num_c: int):
+    """Per step t (predicting step t+1): the counts of the window's steps 0..t as a sparse design matrix (the
+    skill's attempts, right and wrong answers, overall accuracy and attempts, the skill one-hot), y."""
     c, r = seqs.concepts, seqs.responses
     width = c.shape[1]
-    counts = baselines(seqs, width)
-    attempts, accuracy = counts["practice_count"], counts["running_accuracy"]
-    right = accuracy * (attempts + 2.0) - 1.0
+    attempts, right = skill_counts(seqs, width)
     valid = (c != -1)[:, :width - 1]
     seen = np.cumsum(valid, axis=1)
     correct_all = np.cumsum(valid & (r[:, :width - 1] == 1), axis=1)
@@ -106,20 +110,19 @@ def count_features(seqs):
     mask = q != -1
     dense = np.stack([np.log1p(attempts), np.log1p(right), np.log1p(attempts - right),
                       (correct_all + 1.0) / (seen + 2.0), np.log1p(seen)], axis=-1)[mask]
-    skills = sparse.csr_matrix((np.ones(int(mask.sum())), (np.arange(int(mask.sum())), q[mask])))
-    return sparse.hstack([sparse.csr_matrix(dense), skills]).tocsr(), y[mask], skills.shape[1]
+    n = int(mask.sum())
+    skills = sparse.csr_matrix((np.ones(n), (np.arange(n), q[mask])), shape=(n, num_c))
+    return sparse.hstack([sparse.csr_matrix(dense), skills]).tocsr(), y[mask]
 
 
-def feature_logistic_auc(train, test) -> float:
-    from scipy import sparse
+def feature_logistic_auc(train, test, num_c: int) -> float:
+    """Test AUC of a logistic regression fitted on the training rows' count features."""
     from sklearn.linear_model import LogisticRegression
 
-    x_train, y_train, c_train = count_features(train)
-    x_test, y_test, c_test = count_features(test)
-    width = max(c_train, c_test)
-    pad = lambda x, c: sparse.hstack([x, sparse.csr_matrix((x.shape[0], width - c))]).tocsr()  # noqa: E731
-    fit = LogisticRegression(max_iter=2000).fit(pad(x_train, c_train), y_train)
-    return metrics.roc_auc(y_test, fit.predict_proba(pad(x_test, c_test))[:, 1])
+    x_train, y_train = count_features(train, num_c)
+    x_test, y_test = count_features(test, num_c)
+    fit = LogisticRegression(max_iter=2000).fit(x_train, y_train)
+    return metrics.roc_auc(y_test, fit.predict_proba(x_test)[:, 1])
 
 
 def _stats(x: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor) -> dict:
@@ -198,7 +201,7 @@ def main(argv=None) -> None:
         with Timer() as measure_t:
             measured = {s: measure_split(model, seqs, params, device) for s, seqs in splits.items()}
             logistic = feature_logistic_auc(data_mod.load_split(spec, "train", params["fold"], params["seq_len"]),
-                                            splits["test"])
+                                            splits["test"], spec.num_c)
             every = {}
             if args.skills <= MAX_ALL_SKILLS and model.mastery_head is not None:
                 sim, groups = simulate_students(args.students, args.skills, args.seed), split_students(args.students,
