@@ -21,7 +21,6 @@ import hashlib
 import io
 import os
 import platform
-import signal
 import sys
 
 import click
@@ -71,39 +70,46 @@ def run_training(params: dict) -> dict:
     import mlflow
 
     run_id = os.environ.get("MLFLOW_RUN_ID")
-    if run_id is None:
-        exp_id = tracking.ensure_experiment(client, tracking.experiment_name())
-        run = mlflow.start_run(experiment_id=exp_id)
-    else:
-        run = mlflow.start_run()
+    with tracking.whole_call():
+        if run_id is None:
+            exp_id = tracking.ensure_experiment(client, tracking.experiment_name())
+            run = mlflow.start_run(experiment_id=exp_id)
+        else:
+            run = mlflow.start_run()
     run_id = run.info.run_id
     sink = tracking.MlflowSink(client, run_id)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
-    try:
-        _record_run(client, run_id, resolved, data)
-        _report_objective(sink, params)
-        results = train_model(
-            params, sink, data,
-            on_checkpoint=lambda blob: tracking.publish_bytes(client, run_id, "model_best.pth", blob),
-            on_epoch=_echo_epoch,
-        )
-        _store_results(client, run_id, results)
-        sink.set_tags({tracking.TAG_OUTCOME: "finished",
-                       "gakt.best_val_auc": f"{results['best_val_auc']:.6f}",
-                       "gakt.best_epoch": results["best_epoch"]})
-        mlflow.end_run("FINISHED")
-        return results
-    except (Interrupted, KeyboardInterrupt) as exc:
-        _finish(sink, "killed", str(exc) or "KeyboardInterrupt")
-        mlflow.end_run("KILLED")
-        click.echo(f"training interrupted ({exc or 'Ctrl-C'}); run {run_id} marked KILLED, artifacts kept", err=True)
-        sys.exit(130)
-    except BaseException as exc:
-        _finish(sink, "failed", f"{type(exc).__name__}: {exc}")
-        mlflow.end_run("FAILED")
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    with tracking.interruptions(lambda name: Interrupted(f"received {name}")):
+        try:
+            _record_run(client, run_id, resolved, data)
+            _report_objective(sink, params)
+            results = train_model(
+                params, sink, data,
+                on_checkpoint=lambda blob: tracking.publish_bytes(client, run_id, "model_best.pth", blob),
+                on_epoch=_echo_epoch,
+            )
+            _store_results(client, run_id, results)
+            sink.set_tags({tracking.TAG_OUTCOME: "finished",
+                           "gakt.best_val_auc": f"{results['best_val_auc']:.6f}",
+                           "gakt.best_epoch": results["best_epoch"]})
+            _end_run("FINISHED")
+            return results
+        except (Interrupted, KeyboardInterrupt) as exc:
+            _finish(sink, "killed", str(exc) or "KeyboardInterrupt")
+            _end_run("KILLED")
+            click.echo(f"training interrupted ({exc or 'Ctrl-C'}); run {run_id} marked KILLED, artifacts kept",
+                       err=True)
+            sys.exit(130)
+        except BaseException as exc:
+            _finish(sink, "failed", f"{type(exc).__name__}: {exc}")
+            _end_run("FAILED")
+            raise
+
+
+def _end_run(status: str) -> None:
+    import mlflow
+
+    with tracking.whole_call():
+        mlflow.end_run(status)
 
 
 def _report_objective(sink, params: dict) -> None:
@@ -123,12 +129,6 @@ def _echo_epoch(info: dict) -> None:
                                            "trajectory/mastery_correlation",
                                            "trajectory/gain_correlation") if key in m]
     click.echo("  ".join(parts) + f"  ({m.get('train/epoch_seconds', 0):.1f} s)", err=True)
-
-
-def _raise_interrupted(signum, _frame):
-    from .train import Interrupted
-
-    raise Interrupted(f"received {signal.Signals(signum).name}")
 
 
 def _finish(sink, outcome: str, reason: str) -> None:

@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import shlex
-import signal
 import sys
 import time
 from contextlib import contextmanager
@@ -115,9 +114,9 @@ def data_records_for(slots) -> dict:
 _SIGNALS: list[str] = []  # what interrupted the driver (Ray may re-raise a KeyboardInterrupt without its message)
 
 
-def _raise_interrupt(signum, _frame):
-    _SIGNALS.append(signal.Signals(signum).name)
-    raise KeyboardInterrupt(_SIGNALS[-1])
+def _interrupt(name: str) -> KeyboardInterrupt:
+    _SIGNALS.append(name)
+    return KeyboardInterrupt(name)
 
 
 def interrupted_by(exc: KeyboardInterrupt) -> str:
@@ -126,13 +125,11 @@ def interrupted_by(exc: KeyboardInterrupt) -> str:
 
 @contextmanager
 def sigterm_interrupts():
-    """SIGTERM raises KeyboardInterrupt in the block (as Ctrl-C does), so both end a study the same way."""
+    """SIGTERM raises KeyboardInterrupt in the block, as Ctrl-C does, so both end a study the same way; neither cuts
+    a store call short (tracking.interruptions)."""
     _SIGNALS.clear()
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
+    with tracking.interruptions(_interrupt):
         yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def abort(client, top_id: str, why: str, echo=print) -> int:

@@ -11,16 +11,19 @@ credentials come from MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD and ar
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import re
+import signal
 import tempfile
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping
 
 from .errors import ConfigError, RunNotFoundError, TrackingError
 from .files import PARTIAL_NAME, write_bytes_atomic
@@ -150,19 +153,87 @@ def check_uri(uri: str) -> None:
 
 
 def connect():
-    """Configure tracking, check a remote server, initialise the store once; returns an MlflowClient."""
+    """Configure tracking, check a remote server, initialise the store once; returns an MlflowClient whose calls
+    an interruption never cuts short (WholeCallClient)."""
     check_uri(tracking_uri())
     check_server(tracking_uri())  # before configure() imports mlflow (~3 s): a dead server fails in about a second
     uri = configure()
     from mlflow.tracking import MlflowClient
 
     with _store_lock(uri):
-        client = MlflowClient(uri)
+        client = WholeCallClient(MlflowClient(uri))
         try:
             client.search_experiments(max_results=1)
         except Exception as exc:  # noqa: BLE001 - turned into one clear message
             raise TrackingError(f"tracking store {redact(uri)} is not usable: {_short(exc)}") from None
     return client
+
+
+# --- interruptions between store calls, never inside one ----------------------------------------------------------
+# The training and the study driver turn SIGTERM and Ctrl-C into an exception, raised wherever the process is. Raised
+# inside MLflow's SQL session (a BaseException: MLflow rolls back only on Exception), it leaves the SQLite store
+# locked for this process: every later write, the KILLED mark included, waits 20 s and fails, and the run stays
+# RUNNING. So inside a store call the exception waits until the call returns; WholeCallClient makes every client
+# call such a call, whole_call() any other (mlflow.start_run / end_run).
+_CALLS = threading.local()  # the main thread's (signal handlers run there): depth, pending exception, raised
+
+
+@contextmanager
+def whole_call() -> Iterator[None]:
+    """A store call an interruption does not cut short: one arriving inside it is raised when it returns."""
+    _CALLS.depth = getattr(_CALLS, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _CALLS.depth -= 1
+        pending = getattr(_CALLS, "pending", None)
+        if _CALLS.depth == 0 and pending is not None:
+            _CALLS.pending = None
+            raise pending
+
+
+class WholeCallClient:
+    """An MlflowClient whose every method call runs whole (see whole_call); attributes pass through."""
+
+    def __init__(self, client):
+        self._client = client
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args, **kwargs):
+            with whole_call():
+                return attr(*args, **kwargs)
+        return call
+
+
+@contextmanager
+def interruptions(make: Callable[[str], BaseException]) -> Iterator[None]:
+    """In the block, SIGTERM and SIGINT (Ctrl-C) raise make(<signal name>): at once, or, inside a store call,
+    when it returns. Only the first one raises: a second signal (a terminal's Ctrl-C reaches every process of the
+    group, and `mlflow run` forwards it as SIGTERM) must not cut short the handling of the first."""
+    _CALLS.raised, _CALLS.pending = False, None
+
+    def handler(signum, _frame):
+        if _CALLS.raised:
+            return
+        _CALLS.raised = True
+        exc = make(signal.Signals(signum).name)
+        if getattr(_CALLS, "depth", 0):
+            _CALLS.pending = exc
+        else:
+            raise exc
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        _CALLS.pending = None
 
 
 def ensure_experiment(client, name: str) -> str:

@@ -43,9 +43,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 class Interrupted(BaseException):
     """SIGTERM during training: the run is marked KILLED, what was written stays.
 
-    A BaseException, like KeyboardInterrupt: the signal handler raises it wherever the process is, and inside a
-    library call (MLflow's SQL session turns any Exception into an MlflowException) it must pass through
-    unwrapped, or a kill during a metric write would look like a crash.
+    A BaseException, like KeyboardInterrupt: the signal handler raises it wherever the process is (in a store call,
+    when that returns: tracking.interruptions), and inside a library call (MLflow's SQL session turns any Exception
+    into an MlflowException) it must pass through unwrapped, or a kill would look like a crash.
     """
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -246,3 +247,53 @@ def test_a_sigterm_inside_an_mlflow_write_stays_an_interruption(client, experime
     with pytest.raises(Interrupted, match="received SIGTERM"):
         with store.ManagedSessionMaker(read_only=False):
             raise Interrupted("received SIGTERM")
+
+
+def _sigterm_after_the_first(engine, table: str):
+    """A SQLAlchemy hook that SIGTERMs this process once, just after the first INSERT into `table` executed (the
+    SQLite write lock is held then); returns the list it appends the statement to."""
+    seen: list[str] = []
+
+    def hook(_conn, _cursor, statement, *_args):
+        if not seen and statement.lstrip().upper().startswith(f"INSERT INTO {table.upper()}"):
+            seen.append(statement)
+            os.kill(os.getpid(), signal.SIGTERM)
+    return hook, seen
+
+
+def test_a_sigterm_inside_a_store_write_is_raised_after_it_and_the_kill_is_recorded_at_once(client, experiment):
+    """A SIGTERM raised inside a SQLite write left the store locked for the process (MLflow rolls back only on an
+    Exception): the KILLED mark then waited 20 s and failed, and the run stayed RUNNING (seen in CI after a kill -9
+    of a study driver). The interruption now waits for the write to end."""
+    import sqlalchemy
+
+    from gainakt3exp.train import Interrupted
+
+    run_id = client.create_run(experiment[1]).info.run_id
+    before = signal.getsignal(signal.SIGTERM)
+    engine = client._tracking_client.store.engine
+    hook, seen = _sigterm_after_the_first(engine, "metrics")
+    sqlalchemy.event.listen(engine, "after_cursor_execute", hook)
+    try:
+        with tracking.interruptions(lambda name: Interrupted(f"received {name}")):
+            with pytest.raises(Interrupted, match="received SIGTERM"):
+                tracking.MlflowSink(client, run_id).log_metrics({"m": 0.5, "n": 0.25}, step=0)
+            started = time.perf_counter()
+            os.kill(os.getpid(), signal.SIGTERM)  # a second signal: ignored while the first is handled
+            tracking.MlflowSink(client, run_id).set_tags({tracking.TAG_OUTCOME: "killed"})
+            client.set_terminated(run_id, "KILLED")
+            elapsed = time.perf_counter() - started
+    finally:
+        sqlalchemy.event.remove(engine, "after_cursor_execute", hook)
+    assert seen and elapsed < 5
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED" and run.data.tags[tracking.TAG_OUTCOME] == "killed"
+    assert run.data.metrics == {"m": 0.5, "n": 0.25}  # the write under way when the signal came completed
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_outside_a_store_call_an_interruption_is_raised_at_once(client):
+    with tracking.interruptions(lambda name: KeyboardInterrupt(name)):
+        with pytest.raises(KeyboardInterrupt, match="SIGINT"):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # not reached: the handler raises in the main thread at once
