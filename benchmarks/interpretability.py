@@ -15,14 +15,16 @@ about to be answered (the generator's law), four per-step quantities:
   running_accuracy  (correct + 1) / (attempts + 2) over the earlier attempts of q_t in the window
 each with three statistics: pooled (Pearson over all valid steps), within (Pearson per row = student window,
 averaged over rows where defined) and spearman (rank correlation, pooled). AUC of the model and of the oracle
-(the true P(correct) = GUESS + (1 - GUESS - SLIP) p*, the best any model can do) on the same steps.
+(the true P(correct) = GUESS + (1 - GUESS - SLIP) p*; it knows each student's ability and learning rates) on the
+same steps, and `bayes_auc` (test): the Bayes-optimal prediction from the student's history given the law and the
+skill difficulties (synthetic.bayes_predictive), the best a model of the history can do on average.
 With <= 100 skills, also every skill: m_t[k] vs p*_{t+1}[k] recomputed from the generator's seed
 (truth_all_skills: pooled over (step, skill) cells, within per row, spearman).
 A prediction baseline without a network, `feature_logistic_auc` (test): a logistic regression fitted on the
 training rows from counts a student's window shows before each step (attempts, correct and wrong answers of the
 skill, overall accuracy and attempts, the skill itself). The oracle knows each student's true mastery; a model
 must infer it from the window, and this baseline says how much of the gap a simple well-specified predictor closes.
-Prints one JSON line: `auc`, `oracle_auc` (test), `truth.<source>.<split>.<stat>`, `truth_all_skills.<split>.<stat>`,
+Prints one JSON line: `auc`, `oracle_auc`, `bayes_auc` (test), `truth.<source>.<split>.<stat>`, `truth_all_skills.<split>.<stat>`,
 the parameters and timings.
 """
 from __future__ import annotations
@@ -42,6 +44,8 @@ from gainakt3exp import data as data_mod
 from gainakt3exp import metrics
 from gainakt3exp.model import GainAKT3Exp
 from gainakt3exp.params import resolve_params
+from gainakt3exp import synthetic
+from gainakt3exp.layout import split_windows
 from gainakt3exp.synthetic import all_skill_truth, generate_synthetic, simulate_students, split_students
 from gainakt3exp.tracking import MemorySink
 from gainakt3exp.train import load_checkpoint, load_train_data, resolve_device, train_model
@@ -125,6 +129,26 @@ def feature_logistic_auc(train, test, num_c: int) -> float:
     return metrics.roc_auc(y_test, fit.predict_proba(x_test)[:, 1])
 
 
+def bayes_auc(sim: dict, ids: np.ndarray, maxlen: int, oracle_auc: float) -> float:
+    """Test AUC of synthetic.bayes_predictive (knows the law and the skill difficulties, infers the student) over
+    the steps the model is scored on: steps 1..n-1 of each window of test_sequences.csv. A window that starts
+    mid-history is given the earlier history too, so this bounds a window-reading model from above. The oracle
+    AUC recomputed on the same steps must equal the measured one: a check that the steps are the same."""
+    pred = synthetic.bayes_predictive(sim, ids)
+    offsets = np.cumsum(sim["lengths"]) - sim["lengths"]
+    steps = np.concatenate([np.arange(offsets[i], offsets[i] + sim["lengths"][i]) for i in ids])
+    lengths = sim["lengths"][ids]
+    student, start, length = split_windows(lengths, maxlen, synthetic.MIN_SEQ_LEN)
+    first = np.cumsum(lengths) - lengths
+    scored = np.concatenate([first[s] + s0 + np.arange(1, n) for s, s0, n in zip(student, start, length)])
+    y = sim["response"][steps][scored]
+    oracle = np.rint(sim["mastery"][steps][scored] * 10000)  # as the truth files hold it (4 decimals)
+    if abs(metrics.roc_auc(y, oracle) - oracle_auc) > 1e-9:
+        raise SystemExit(f"bayes_auc: the oracle on its steps is {metrics.roc_auc(y, oracle):.6f}, the measured "
+                         f"oracle_auc {oracle_auc:.6f}: the steps differ")
+    return metrics.roc_auc(y, pred[scored])
+
+
 def _stats(x: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor) -> dict:
     ok = mask & torch.isfinite(truth) & torch.isfinite(x)
     pooled, _ = metrics.masked_row_pearson(x.reshape(1, -1), truth.reshape(1, -1), ok.reshape(1, -1))
@@ -202,10 +226,11 @@ def main(argv=None) -> None:
             measured = {s: measure_split(model, seqs, params, device) for s, seqs in splits.items()}
             logistic = feature_logistic_auc(data_mod.load_split(spec, "train", params["fold"], params["seq_len"]),
                                             splits["test"], spec.num_c)
+            sim, groups = simulate_students(args.students, args.skills, args.seed), split_students(args.students,
+                                                                                                 args.seed)
+            bayes = bayes_auc(sim, groups["test"], params["seq_len"], measured["test"]["oracle_auc"])
             every = {}
             if args.skills <= MAX_ALL_SKILLS and model.mastery_head is not None:
-                sim, groups = simulate_students(args.students, args.skills, args.seed), split_students(args.students,
-                                                                                                     args.seed)
                 valid_rows = _fold_rows(spec, params)
                 truth_tv = all_skill_truth(sim, groups["train_valid"], params["seq_len"])
                 every = {"valid": measure_all_skills(model, splits["valid"], truth_tv[valid_rows], params, device),
@@ -213,7 +238,7 @@ def main(argv=None) -> None:
                                                     all_skill_truth(sim, groups["test"], params["seq_len"]),
                                                     params, device)}
         flat = {"auc": measured["test"]["auc"], "oracle_auc": measured["test"]["oracle_auc"],
-                "feature_logistic_auc": logistic,
+                "feature_logistic_auc": logistic, "bayes_auc": bayes,
                 "valid_auc": measured["valid"]["auc"], "valid_oracle_auc": measured["valid"]["oracle_auc"]}
         for split, m in measured.items():
             for source, stats in m["truth"].items():
@@ -232,7 +257,8 @@ def main(argv=None) -> None:
             "data": {k: info[k] for k in ("students", "skills", "seed",
                                                                                     "interactions")},
             "measured": measured, "all_skills": every, "peak_rss_mib": peak_rss_kib() / 1024,
-            **{k: v for k, v in flat.items() if k in ("auc", "oracle_auc", "feature_logistic_auc")}}, flat)
+            **{k: v for k, v in flat.items() if k in ("auc", "oracle_auc", "feature_logistic_auc", "bayes_auc")}},
+            flat)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -40,4 +40,7 @@ def test_the_acceptance_run_reports_model_and_oracle_auc_and_every_skill(accepta
     assert 0.5 < acceptance["auc"] < acceptance["oracle_auc"] <= 1.0
     assert acceptance["auc"] >= 0.72
     assert 0.5 < acceptance["feature_logistic_auc"] < acceptance["oracle_auc"]
+    # the Bayes-optimal prediction from the history: above the count regression and the model, below the oracle
+    assert max(acceptance["feature_logistic_auc"], acceptance["auc"]) < acceptance["bayes_auc"] \
+        < acceptance["oracle_auc"]
     assert acceptance["truth_all_skills.test.within"] >= 0.75

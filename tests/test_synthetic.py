@@ -104,3 +104,57 @@ def test_all_skill_truth_of_the_practised_skill_equals_the_truth_file(tmp_path):
         sid = groups[group][0]
         expected = 1 / (1 + np.exp(-(sim["ability"][sid] - sim["difficulty"] - 1.0)))
         assert np.allclose(row0, expected, atol=1e-6)
+
+
+def _one_skill_sim(responses, difficulty=0.3):
+    """A simulation record of one student answering skill 0 (of 2) `responses` in a row."""
+    n = len(responses)
+    return {"difficulty": np.array([difficulty, -0.5]), "lengths": np.array([n]), "skill": np.zeros(n, dtype=int),
+            "response": np.array(responses)}
+
+
+def _law(a, rate, practice, difficulty):
+    from gainakt3exp import synthetic as s
+
+    return s.GUESS + (1 - s.GUESS - s.SLIP) / (1 + np.exp(-(a - difficulty + s.BASE_LOGIT + rate * practice)))
+
+
+def test_the_bayes_prediction_of_a_first_attempt_is_the_law_averaged_over_the_ability_prior():
+    from scipy import integrate
+    from scipy.stats import norm
+
+    from gainakt3exp.synthetic import bayes_predictive
+
+    pred = bayes_predictive(_one_skill_sim([1]), np.array([0]))
+    exact, _ = integrate.quad(lambda a: norm.pdf(a) * _law(a, 0.0, 0, 0.3), -10, 10)
+    assert pred.shape == (1,) and abs(pred[0] - exact) < 1e-4
+
+
+def test_the_bayes_prediction_after_one_answer_is_the_exact_posterior_predictive():
+    """P(r_2 = 1 | r_1) by Gauss-Hermite quadrature (other nodes than the predictor's grid) over the ability and
+    the log-normal rate; a right first answer raises the prediction, a wrong one lowers it."""
+    from gainakt3exp import synthetic as s
+
+    nodes, weights = np.polynomial.hermite_e.hermegauss(120)  # for E over N(0, 1)
+    a, z = nodes[:, None], nodes[None, :]
+    rate, weight = s.RATE_MEDIAN * np.exp(s.RATE_SIGMA * z), weights[:, None] * weights[None, :]
+    got = {}
+    for first in (0, 1):
+        p1 = _law(a, rate, 0, 0.3)
+        like = weight * (p1 if first else 1 - p1)
+        exact = (like * _law(a, rate, 1, 0.3)).sum() / like.sum()
+        got[first] = s.bayes_predictive(_one_skill_sim([first, 1]), np.array([0]))
+        assert abs(got[first][1] - exact) < 1e-3, (first, got[first][1], exact)
+    assert got[1][1] > got[1][0] and got[0][1] < got[1][1]
+
+
+def test_the_bayes_prediction_ranks_between_the_practice_count_and_the_oracle():
+    from gainakt3exp import metrics, synthetic as s
+
+    sim = simulate_students(300, 8, seed=5)
+    ids = np.arange(300)
+    pred = s.bayes_predictive(sim, ids)
+    y, truth = sim["response"], s.GUESS + (1 - s.GUESS - s.SLIP) * sim["mastery"]
+    bayes, oracle = metrics.roc_auc(y, pred), metrics.roc_auc(y, truth)
+    counter = metrics.roc_auc(y, sim["practice"] + 1e-6 * np.arange(len(y)) / len(y))
+    assert counter < bayes < oracle, (counter, bayes, oracle)
