@@ -162,6 +162,9 @@ def run_search(*, short_title: str, profiles: list, overrides: dict, space_path:
         study_id = experiment.new_experiment_id(client)
         run_name = experiment.make_run_name(short_title, study_id)
         storage = MlflowStorage(experiment_id=experiment_id)
+        # its writes, like ours, must not be cut short by Ctrl-C / SIGTERM (tracking.interruptions); MLflow 3.17's
+        # MlflowStorage keeps its client in _mlflow_client
+        storage._mlflow_client = tracking.WholeCallClient(storage._mlflow_client)
         optuna_study = optuna.create_study(storage=storage, study_name=run_name, direction="maximize",
                                            sampler=_sampler(sampler, sampler_seed))
         parent_id = optuna_study._study_id  # the MLflow run MlflowStorage made for the Optuna study
