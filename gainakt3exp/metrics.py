@@ -152,7 +152,7 @@ def _row_moments(m: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, tor
     n = mask.sum(1, keepdim=True).clamp(min=1).double()  # (B, 1)
     d = m - m[:, :1]  # (B, L, C)
     s1 = torch.bmm(w, d).squeeze(1).double()  # (B, C)
-    s2 = torch.bmm(w, d * d).squeeze(1).double()  # (B, C)
+    s2 = torch.bmm(w, d.square_()).squeeze(1).double()  # (B, C)
     mean_d = s1 / n
     return mean_d + m[:, 0].double(), (s2 - s1 * mean_d).clamp(min=0.0)
 

@@ -86,6 +86,10 @@ def test_mastery_is_initial_mastery_plus_scaled_cumulative_gains_capped_at_one()
         expected[:, t] = np.minimum(1.0, m0 + scale * g[:, 1: t + 1].sum(axis=1))
     np.testing.assert_allclose(out.mastery.numpy(), expected, atol=1e-6)
     assert (out.mastery <= 1).all() and (out.mastery == 1).any()
+    # computed in place, it is bitwise the out-of-place expression of the definition
+    g_from_1 = torch.cat([torch.zeros_like(out.gains[:, :1]), out.gains[:, 1:]], dim=1)
+    assert torch.equal(out.mastery, torch.clamp(torch.from_numpy(m0).unsqueeze(1) + scale * g_from_1.cumsum(1),
+                                                max=1.0))
 
 
 def test_mastery_without_gain_head_is_sigmoid_of_context_stream():
