@@ -24,8 +24,8 @@ A prediction baseline without a network, `feature_logistic_auc` (test): a logist
 training rows from counts a student's window shows before each step (attempts, correct and wrong answers of the
 skill, overall accuracy and attempts, the skill itself). The oracle knows each student's true mastery; a model
 must infer it from the window, and this baseline says how much of the gap a simple well-specified predictor closes.
-Prints one JSON line: `auc`, `oracle_auc`, `bayes_auc` (test), `truth.<source>.<split>.<stat>`, `truth_all_skills.<split>.<stat>`,
-the parameters and timings.
+Prints one JSON line: `auc`, `oracle_auc`, `bayes_auc` (test), `truth.<source>.<split>.<stat>`,
+`truth_all_skills.<split>.<stat>`, the parameters and timings.
 """
 from __future__ import annotations
 
@@ -46,7 +46,6 @@ from gainakt3exp.model import GainAKT3Exp
 from gainakt3exp.params import resolve_params
 from gainakt3exp import synthetic
 from gainakt3exp.layout import split_windows
-from gainakt3exp.synthetic import all_skill_truth, generate_synthetic, simulate_students, split_students
 from gainakt3exp.tracking import MemorySink
 from gainakt3exp.train import load_checkpoint, load_train_data, resolve_device, train_model
 
@@ -135,8 +134,7 @@ def bayes_auc(sim: dict, ids: np.ndarray, maxlen: int, oracle_auc: float) -> flo
     mid-history is given the earlier history too, so this bounds a window-reading model from above. The oracle
     AUC recomputed on the same steps must equal the measured one: a check that the steps are the same."""
     pred = synthetic.bayes_predictive(sim, ids)
-    offsets = np.cumsum(sim["lengths"]) - sim["lengths"]
-    steps = np.concatenate([np.arange(offsets[i], offsets[i] + sim["lengths"][i]) for i in ids])
+    steps = synthetic.student_steps(sim, ids)
     lengths = sim["lengths"][ids]
     student, start, length = split_windows(lengths, maxlen, synthetic.MIN_SEQ_LEN)
     first = np.cumsum(lengths) - lengths
@@ -209,8 +207,8 @@ def main(argv=None) -> None:
         resolved = resolve_params(overrides, profiles, check=False)  # the data set is written below
         params = resolved.params
         with Timer() as gen_t:
-            info = generate_synthetic(root / dataset, students=args.students, skills=args.skills, seed=args.seed,
-                                      maxlen=params["seq_len"])
+            info = synthetic.generate_synthetic(root / dataset, students=args.students, skills=args.skills,
+                                                seed=args.seed, maxlen=params["seq_len"])
         resolve_params(overrides, profiles)  # now every check, the data set's included
         device = resolve_device(params["device"])
         best = {}
@@ -226,16 +224,16 @@ def main(argv=None) -> None:
             measured = {s: measure_split(model, seqs, params, device) for s, seqs in splits.items()}
             logistic = feature_logistic_auc(data_mod.load_split(spec, "train", params["fold"], params["seq_len"]),
                                             splits["test"], spec.num_c)
-            sim, groups = simulate_students(args.students, args.skills, args.seed), split_students(args.students,
-                                                                                                 args.seed)
+            sim = synthetic.simulate_students(args.students, args.skills, args.seed)
+            groups = synthetic.split_students(args.students, args.seed)
             bayes = bayes_auc(sim, groups["test"], params["seq_len"], measured["test"]["oracle_auc"])
             every = {}
             if args.skills <= MAX_ALL_SKILLS and model.mastery_head is not None:
                 valid_rows = _fold_rows(spec, params)
-                truth_tv = all_skill_truth(sim, groups["train_valid"], params["seq_len"])
+                truth_tv = synthetic.all_skill_truth(sim, groups["train_valid"], params["seq_len"])
                 every = {"valid": measure_all_skills(model, splits["valid"], truth_tv[valid_rows], params, device),
                          "test": measure_all_skills(model, splits["test"],
-                                                    all_skill_truth(sim, groups["test"], params["seq_len"]),
+                                                    synthetic.all_skill_truth(sim, groups["test"], params["seq_len"]),
                                                     params, device)}
         flat = {"auc": measured["test"]["auc"], "oracle_auc": measured["test"]["oracle_auc"],
                 "feature_logistic_auc": logistic, "bayes_auc": bayes,

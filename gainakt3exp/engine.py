@@ -125,7 +125,8 @@ def run_tasks(tasks: list[dict], *, threads_per_run: int, on_done: Callable[[dic
               on_tick: Callable[[], None] | None = None, tick_seconds: float = 2.0) -> tuple[dict, str | None]:
     """Submit one Ray task per child and wait for all; on_done(task, result) as each ends, on_tick() now and then.
 
-    Returns ({run_id: result}, None) or, after Ctrl-C / SIGTERM (KeyboardInterrupt here), the results so far and
+    Returns ({run_id: result}, None) or, after Ctrl-C / SIGTERM (KeyboardInterrupt here, raised once by the caller's
+    study.interruptions, so a second signal cannot cut the clean-up short), the results so far and
     the interruption's name. Then every task is force-cancelled: its worker exits at once, whatever its signal
     settings (a task started from a shell job that ignores SIGINT would never see a gentle cancel), and the
     supervisor's parent-death signal stops the child, which marks itself KILLED (see the module docstring).
@@ -152,18 +153,14 @@ def run_tasks(tasks: list[dict], *, threads_per_run: int, on_done: Callable[[dic
                 on_tick()
         return results, None
     except KeyboardInterrupt as exc:
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
-        try:
-            for ref in pending:
-                try:
-                    ray.cancel(ref, force=True)
-                except Exception:  # noqa: BLE001 - a cluster already going down (Ctrl-C reached it too)
-                    pass
-            done, _ = ray.wait(pending, num_returns=len(pending), timeout=10)
-            for ref in done:
-                results[refs[ref]["run_id"]] = _result(ref)
-        finally:
-            signal.signal(signal.SIGINT, previous)
+        for ref in pending:
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001 - a cluster already going down (Ctrl-C reached it too)
+                pass
+        done, _ = ray.wait(pending, num_returns=len(pending), timeout=10)
+        for ref in done:
+            results[refs[ref]["run_id"]] = _result(ref)
         return results, str(exc) or "SIGINT"
 
 

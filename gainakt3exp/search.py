@@ -187,7 +187,7 @@ def run_search(*, short_title: str, profiles: list, overrides: dict, space_path:
         started = time.perf_counter()
         table: list = []
         try:
-            with study.sigterm_interrupts():
+            with study.interruptions():
                 interrupted = _trials(client, optuna_study, space, base, trials, per_trial, experiment_id, name,
                                       parent_id, study_id, code, table, echo)
         except KeyboardInterrupt as exc:  # between two trials' children: mark what still runs

@@ -124,9 +124,9 @@ def interrupted_by(exc: KeyboardInterrupt) -> str:
 
 
 @contextmanager
-def sigterm_interrupts():
-    """SIGTERM raises KeyboardInterrupt in the block, as Ctrl-C does, so both end a study the same way; neither cuts
-    a store call short (tracking.interruptions)."""
+def interruptions():
+    """SIGTERM and Ctrl-C raise KeyboardInterrupt(<signal name>) in the block, once, so both end a study the same
+    way; neither cuts a store call short (tracking.interruptions)."""
     _SIGNALS.clear()
     with tracking.interruptions(_interrupt):
         yield
@@ -147,7 +147,7 @@ def abort(client, top_id: str, why: str, echo=print) -> int:
 def create_guarded(client, top_id: str, make, echo=print):
     """make() (creating the children), with Ctrl-C / SIGTERM leading to abort(): returns the children or None."""
     try:
-        with sigterm_interrupts():
+        with interruptions():
             return make()
     except KeyboardInterrupt as exc:
         abort(client, top_id, interrupted_by(exc), echo)
@@ -170,7 +170,7 @@ def run_children(client, top_id: str, children: list[Child], plan: Plan) -> str 
         progress.show(running=study_report.count_running(client, top_id, run_ids - done_ids))
 
     try:
-        with sigterm_interrupts():
+        with interruptions():
             progress.show(running=0)
             _results, interrupted = engine.run_tasks([c.task for c in children],
                                                      threads_per_run=plan.threads_per_run, on_done=on_done,

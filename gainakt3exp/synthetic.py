@@ -87,6 +87,13 @@ def split_students(students: int, seed: int) -> dict[str, np.ndarray]:
     return {"train_valid": perm[n_test:], "test": perm[:n_test]}
 
 
+def student_steps(sim: dict, ids: np.ndarray) -> np.ndarray:
+    """Indices into the flat per-step arrays of `sim` of the steps of students `ids`, back to back in that order."""
+    lengths = sim["lengths"][ids]
+    offsets_all = np.cumsum(sim["lengths"]) - sim["lengths"]
+    return np.arange(int(lengths.sum())) + np.repeat(offsets_all[ids] - (np.cumsum(lengths) - lengths), lengths)
+
+
 def all_skill_truth(sim: dict, ids: np.ndarray, maxlen: int) -> np.ndarray:
     """True mastery of every skill before each step, p*_t[k], for the rows split_windows makes of students `ids`
     (the rows of train_valid_sequences.csv or test_sequences.csv): (rows, maxlen, K) float32, NaN at padding.
@@ -95,9 +102,7 @@ def all_skill_truth(sim: dict, ids: np.ndarray, maxlen: int) -> np.ndarray:
     student's whole history (a window may start mid-history). Memory is rows x maxlen x K: for small K.
     """
     lengths = sim["lengths"][ids]
-    offsets_all = np.cumsum(sim["lengths"]) - sim["lengths"]
-    steps = np.repeat(offsets_all[ids], lengths) + np.arange(int(lengths.sum())) \
-        - np.repeat(np.cumsum(lengths) - lengths, lengths)  # the students' steps, back to back
+    steps = student_steps(sim, ids)
     sid = sim["student"][steps]
     k = len(sim["difficulty"])
     onehot = np.zeros((len(steps), k))
@@ -168,12 +173,11 @@ def generate_synthetic(out_dir: Path, students: int, skills: int, seed: int, max
     out_dir = Path(out_dir)
     sim = simulate_students(students, skills, seed)
     groups = split_students(students, seed)
-    offsets_all = np.cumsum(sim["lengths"]) - sim["lengths"]
     counts = {}
     for group, ids in groups.items():
         lengths = sim["lengths"][ids]
         offsets = np.cumsum(lengths) - lengths
-        steps = np.arange(int(lengths.sum())) + np.repeat(offsets_all[ids] - offsets, lengths)
+        steps = student_steps(sim, ids)
         flat = {"concepts": sim["skill"][steps], "responses": sim["response"][steps],
                 "mastery": sim["mastery"][steps], "cidxs": np.arange(len(steps))}
         fold = np.arange(len(ids)) % N_FOLDS if group == "train_valid" else np.full(len(ids), -1)
