@@ -6,8 +6,9 @@
     out = model(c, r, q, reduced=True)       # training: out.steps (B, L) reductions, no (B, L, C) mastery/gains
 
 Shapes: B batch, L steps (L <= seq_len - 1), D d_model, C num_c.
-Interaction token x_t = c_t + C * r_t feeds two streams: the context stream H (queries and keys) and the
-value stream V (attention values). Attention is causal (step t sees steps <= t); padding is trailing, so
+Each step is embedded into two streams: the context stream H (queries and keys) and the value stream V
+(attention values). emb_type qid (the seed): one embedding per interaction token x_t = c_t + C * r_t;
+concept_plus_response (AKT's): e(c_t) + e_r(r_t), so a concept's right and wrong answers share its embedding. Attention is causal (step t sees steps <= t); padding is trailing, so
 causality alone keeps padded steps out of every valid step. Outputs are float32 even under bf16 autocast.
 """
 from __future__ import annotations
@@ -39,7 +40,8 @@ MODEL_PARAM_KEYS = (
     "gain_head_init_scale",
 )
 
-SUPPORTED_EMB_TYPES = ("qid",)
+#: qid: one vector per (concept, response) token (the seed); concept_plus_response: e(c) + e_r(r) (AKT, SPEC §11)
+SUPPORTED_EMB_TYPES = ("qid", "concept_plus_response")
 MASTERY_IN_PREDICTION = ("none", "logit", "logit_skill_free")
 GAIN_SCOPES = ("all_skills", "practised_skill")
 MASTERY_LINKS = ("clamp", "logistic")
@@ -177,10 +179,15 @@ class GainAKT3Exp(nn.Module):
         self.use_gain_head = use_gain_head
         self.mastery_gain_scale = float(mastery_gain_scale)
 
-        self.context_emb = nn.Embedding(2 * num_c, d_model)  # interaction token -> H_0
-        self.value_emb = nn.Embedding(2 * num_c, d_model)  # interaction token -> V_0
+        self.emb_type = emb_type
+        tokens = 2 * num_c if emb_type == "qid" else num_c  # interaction tokens, or concepts
+        self.context_emb = nn.Embedding(tokens, d_model)  # -> H_0
+        self.value_emb = nn.Embedding(tokens, d_model)  # -> V_0
         self.concept_emb = nn.Embedding(num_c, d_model)  # query concept c_{t+1}
         self.pos_emb = nn.Embedding(seq_len, d_model)  # added to both streams
+        if emb_type == "concept_plus_response":  # made after the seed's modules: qid draws the same initial weights
+            self.context_response_emb = nn.Embedding(2, d_model)
+            self.value_response_emb = nn.Embedding(2, d_model)
 
         self.blocks = nn.ModuleList(
             _EncoderBlock(d_model, n_heads, d_ff, dropout) for _ in range(num_encoder_blocks)
@@ -227,10 +234,14 @@ class GainAKT3Exp(nn.Module):
             raise ConfigError(
                 f"seq_len={self.seq_len} but a batch has {l} steps; fix: set seq_len to the data files' window length"
             )
-        x = c + self.num_c * r  # interaction token (B, L)
         pos = self.pos_emb.weight[:l]  # (L, D)
-        h = self.context_emb(x) + pos  # context stream (B, L, D)
-        v = self.value_emb(x) + pos  # value stream (B, L, D)
+        if self.emb_type == "qid":
+            x = c + self.num_c * r  # interaction token (B, L)
+            h = self.context_emb(x) + pos  # context stream (B, L, D)
+            v = self.value_emb(x) + pos  # value stream (B, L, D)
+        else:  # concept_plus_response
+            h = self.context_emb(c) + self.context_response_emb(r) + pos
+            v = self.value_emb(c) + self.value_response_emb(r) + pos
 
         gain_head = self.gain_head if interpretation else None
         mastery_head = self.mastery_head if interpretation else None

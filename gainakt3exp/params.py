@@ -282,8 +282,9 @@ def check_params(p: Mapping[str, Any]) -> list[str]:
             problems.append(f"mastery_link=logistic with consistency_loss_weight={format_value(p['consistency_loss_weight'])}: "
                             "consistency asks m_t - m_{t-1} = scale * g_t, the clamp link's rule; set "
                             "consistency_loss_weight 0 or mastery_link clamp")
-    if p["emb_type"] != "qid":
-        problems.append(f"emb_type={p['emb_type']!r}: only 'qid' (concept-response interaction tokens) is implemented")
+    if p["emb_type"] not in ("qid", "concept_plus_response"):
+        problems.append(f"emb_type={p['emb_type']!r}: must be qid (one embedding per concept-response token) or "
+                        "concept_plus_response (a concept embedding plus a response embedding)")
     if p["n_heads"] > 0 and p["d_model"] % p["n_heads"]:
         problems.append(
             f"d_model={p['d_model']} n_heads={p['n_heads']}: n_heads must divide d_model "

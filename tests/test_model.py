@@ -41,9 +41,10 @@ def _final_streams(model, c, r, q):
     return out, captured["hv"]
 
 
-def test_prediction_mastery_and_gains_ignore_future_responses():
+@pytest.mark.parametrize("emb_type", ["qid", "concept_plus_response"])
+def test_prediction_mastery_and_gains_ignore_future_responses(emb_type):
     torch.manual_seed(0)
-    model = _model()
+    model = _model(emb_type=emb_type)
     c, r, q = _inputs()
     with torch.no_grad():
         base, base_steps = model(c, r, q), model(c, r, q, reduced=True).steps
@@ -265,6 +266,23 @@ def test_mastery_in_prediction_logit_adds_the_logit_of_the_next_skills_mastery()
         torch.testing.assert_close(reading(c, r, q, interpretation=False).logits, want, rtol=1e-5, atol=1e-5)
     with pytest.raises(ConfigError, match="mastery_in_prediction"):
         _model(mastery_in_prediction="logit", use_mastery_head=False)
+
+
+def test_concept_plus_response_embeds_a_step_as_a_concept_vector_plus_a_response_vector():
+    torch.manual_seed(0)
+    model = _model(emb_type="concept_plus_response")
+    streams = {}
+    model.blocks[0].register_forward_pre_hook(lambda mod, args: streams.update(hv=args[:2]))
+    c = torch.arange(C).repeat(2, 1)  # every concept, answered wrong (row 0) and right (row 1)
+    r = torch.tensor([[0] * C, [1] * C])
+    with torch.no_grad():
+        model(c, r, c)
+    for stream, response_emb in zip(streams["hv"], (model.context_response_emb, model.value_response_emb)):
+        # right minus wrong is the same vector for every concept: the concept's part is shared by both answers
+        difference = stream[1] - stream[0]
+        torch.testing.assert_close(difference, (response_emb.weight[1] - response_emb.weight[0]).expand(C, -1))
+    assert model.context_emb.num_embeddings == model.value_emb.num_embeddings == C  # qid has 2C tokens
+    assert _model().context_emb.num_embeddings == 2 * C
 
 
 def test_gain_head_init_scale_scales_pytorchs_initial_weights_only():
