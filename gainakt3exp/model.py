@@ -8,8 +8,9 @@
 Shapes: B batch, L steps (L <= seq_len - 1), D d_model, C num_c.
 Each step is embedded into two streams: the context stream H (queries and keys) and the value stream V
 (attention values). emb_type qid (the seed): one embedding per interaction token x_t = c_t + C * r_t;
-concept_plus_response (AKT's): e(c_t) + e_r(r_t), so a concept's right and wrong answers share its embedding. Attention is causal (step t sees steps <= t); padding is trailing, so
-causality alone keeps padded steps out of every valid step. Outputs are float32 even under bf16 autocast.
+concept_plus_response (AKT's): e(c_t) + e_r(r_t), so a concept's right and wrong answers share its embedding.
+Attention is causal (step t sees steps <= t); padding is trailing, so causality alone keeps padded steps out of
+every valid step. Outputs are float32 even under bf16 autocast.
 """
 from __future__ import annotations
 
