@@ -260,6 +260,8 @@ def check_params(p: Mapping[str, Any]) -> list[str]:
     for k in ("alignment_min_correlation", "consistency_rebalance_threshold"):
         if not -1 <= p[k] <= 1:
             problems.append(f"{k}={format_value(p[k])}: a correlation, must be in [-1, 1]")
+    if p["lr_schedule"] not in ("plateau", "cosine"):
+        problems.append(f"lr_schedule={p['lr_schedule']!r}: must be plateau or cosine")
     if p["optimizer"] not in ("Adam", "AdamW"):
         problems.append(f"optimizer={p['optimizer']!r}: must be Adam or AdamW")
     if not _DEVICE_RE.match(p["device"]):

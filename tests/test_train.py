@@ -115,6 +115,28 @@ def test_pure_bce_trains_without_heads(tiny_params):
     assert "trajectory/mastery_correlation" not in sink.metrics
 
 
+@pytest.mark.parametrize("schedule", ["plateau", "cosine"])
+def test_the_learning_rate_of_each_epoch_follows_lr_schedule(tiny_params, schedule):
+    sink = MemorySink()
+    lr, epochs = 0.002, 4
+    train_model({**tiny_params, "epochs": epochs, "learning_rate": lr, "lr_schedule": schedule,
+                 "lr_plateau_patience": 5}, sink)
+    logged = [value for _, value in sink.metrics["train/learning_rate"]]  # the rate each epoch trained with
+    if schedule == "plateau":  # no 5 epochs without progress in 4: the rate stays
+        expected = [lr] * epochs
+    else:  # lr * (1 + cos(pi e / epochs)) / 2 after e epochs: 0.002, 0.001707, 0.001, 0.000293
+        expected = [lr * 0.5 * (1 + math.cos(math.pi * e / epochs)) for e in range(epochs)]
+    assert logged == pytest.approx(expected, rel=1e-12)
+
+
+def test_an_unknown_lr_schedule_is_refused_with_the_choices():
+    from gainakt3exp.errors import ConfigError
+    from gainakt3exp.params import resolve_params
+
+    with pytest.raises(ConfigError, match="lr_schedule='linear': must be plateau or cosine"):
+        resolve_params({"lr_schedule": "linear"})
+
+
 def test_early_stopping_after_patience_epochs_without_a_val_auc_gain(tiny_params):
     sink = MemorySink()
     results = train_model({**tiny_params, "epochs": 5, "patience": 1, "learning_rate": 1e-12}, sink)
