@@ -190,10 +190,18 @@ def _fixed_constants() -> dict:
     return {**FIXED_CONSTANTS, **MODEL_CONSTANTS}
 
 
+def added_since(config: dict, defaults: Defaults | None = None) -> list[str]:
+    """Parameters of the current code that a config.json lacks: they were added after its run was made."""
+    defaults = defaults or load_defaults()
+    return sorted(set(defaults.values) - set(config.get("params", {})))
+
+
 def config_params(config: dict, defaults: Defaults | None = None) -> dict:
     """The typed parameters a config.json records, after checking it is intact. Raises ReproError naming what differs.
 
-    Checks: the md5 of its defaults; defaults + overrides == params; every parameter of the current code present.
+    Checks: the md5 of its defaults; defaults + overrides == params; no parameter the current code does not know.
+    A parameter added after the run (added_since) takes today's default: every new parameter's default keeps the
+    behaviour the code had before it existed, so the run reproduces (gakt-repro says which ones it filled in).
     """
     defaults = defaults or load_defaults()
     problems = []
@@ -211,17 +219,13 @@ def config_params(config: dict, defaults: Defaults | None = None) -> dict:
         if rebuilt.get(key) != config["params"].get(key):
             problems.append(f"'{key}': defaults+overrides give {rebuilt.get(key)!r} but params records "
                             f"{config['params'].get(key)!r}")
-    missing = sorted(set(defaults.values) - set(config["params"]))
     unknown = sorted(set(config["params"]) - set(defaults.values))
-    if missing:
-        problems.append(f"it lacks parameters this code needs: {', '.join(missing)} (check out the commit it "
-                        f"records, {config.get('code_version', {}).get('git_commit', 'unknown')})")
     if unknown:
         problems.append(f"it has parameters this code does not know: {', '.join(unknown)}")
     if problems:
         raise ReproError("config.json is not consistent:\n" + "\n".join(f"  - {p}" for p in problems))
     typed = {}
-    for key, value in config["params"].items():
+    for key, value in {**{k: defaults.values[k] for k in added_since(config, defaults)}, **config["params"]}.items():
         try:
             typed[key] = parse_value(key, value, defaults.kind(key))
         except ValueError as exc:
@@ -340,7 +344,12 @@ def prepare_reproduction(client, ref: str, echo=print, extra_tags: dict | None =
     run_id = original.info.run_id
     config, raw = read_config(client, run_id)
     params = config_params(config)
-    diffs = compare_logged(tracking.read_params(original), params)
+    added = added_since(config)
+    if added:
+        echo(f"warning: run {run_id} was made before these parameters existed; they take their defaults, which "
+             "keep the code's behaviour from before: " + ", ".join(f"{k}={format_value(params[k])}" for k in added))
+    logged = tracking.read_params(original)
+    diffs = compare_logged(logged, {k: v for k, v in params.items() if k not in added or k in logged})
     if diffs:
         raise ReproError(f"run {run_id}: its logged params disagree with its config.json; refusing to reproduce:\n"
                          + "\n".join(f"  - {d}" for d in diffs))

@@ -143,6 +143,26 @@ def test_repro_warns_when_the_codes_fixed_constants_differ_from_the_original(sto
     assert repro.info.status == "FINISHED"
 
 
+def test_a_run_made_before_a_parameter_existed_reproduces_with_its_default_and_compares_identical(store):
+    """A config.json without lr_schedule (written before it existed): gakt-repro names it, fills in its default
+    (plateau, the behaviour the code had before) and the reproduction's metrics equal the original's."""
+    from gainakt3exp.params import defaults_md5
+
+    env = store["env"]
+    exp_id, config_path, config = _one_epoch_run_config(store, "older")
+    for part in ("defaults", "params"):
+        del config[part]["lr_schedule"]
+    config["md5"] = defaults_md5(config["defaults"])
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    reproduced = gakt(env, "gakt-repro", exp_id)
+    assert ("was made before these parameters existed; they take their defaults, which keep the code's behaviour "
+            "from before: lr_schedule=plateau") in reproduced.stdout + reproduced.stderr
+    (repro,) = _run(store, exp_id, repro=True)
+    assert repro.info.status == "FINISHED" and repro.data.params["lr_schedule"] == "plateau"
+    compared = gakt(env, "gakt-compare", exp_id, check=False)
+    assert compared.returncode == 0 and "verdict: identical" in compared.stdout, compared.stdout + compared.stderr
+
+
 def test_compare_with_a_changed_parameter_exits_1_and_names_the_metrics(store):
     env = store["env"]
     gakt(env, "gakt-launch", "--short_title", "seed7", "--profile", "tiny", "--seed", "7",

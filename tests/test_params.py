@@ -131,3 +131,35 @@ def test_pure_bce_profile_switches_every_extra_off_without_errors():
     params = resolve_params({}, ["pure-bce"]).params
     assert not params["use_mastery_head"] and not params["use_gain_head"]
     assert not params["enable_alignment_loss"] and not params["enable_lag_gain_loss"]
+
+
+def _recorded_config(**overrides) -> dict:
+    """A config.json as a run records it (experiment.build_config), for the tiny profile."""
+    from gainakt3exp.experiment import build_config
+
+    resolved = resolve_params(overrides, ["tiny"], check=False)
+    return json.loads(json.dumps(build_config(resolved, experiment_name="e", run_name="r", exp_id="123456",
+                                              short_title="t", hashes={}, code={})))
+
+
+def test_a_parameter_added_after_the_run_takes_its_default_and_is_named():
+    from gainakt3exp.experiment import added_since, config_params
+
+    config = _recorded_config(epochs="3")
+    for part in ("defaults", "params"):  # as written by the code before lr_schedule existed
+        del config[part]["lr_schedule"]
+    config["md5"] = defaults_md5(config["defaults"])
+    assert added_since(config) == ["lr_schedule"]
+    params = config_params(config)
+    assert params["lr_schedule"] == "plateau" and params["epochs"] == 3  # the default that keeps the old behaviour
+
+
+def test_a_parameter_this_code_does_not_know_is_still_refused():
+    from gainakt3exp.errors import ReproError
+    from gainakt3exp.experiment import config_params
+
+    config = _recorded_config()
+    config["defaults"]["future_knob"] = config["params"]["future_knob"] = 1  # a run of newer code
+    config["md5"] = defaults_md5(config["defaults"])
+    with pytest.raises(ReproError, match="it has parameters this code does not know: future_knob"):
+        config_params(config)
