@@ -23,9 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from common import DEFAULT_DATA_ROOT, PROJECT_ROOT, Bench, Timer, emit, machine_cores, run
+from common import DEFAULT_DATA_ROOT, Bench, Timer, emit, machine_cores, run
 from gainakt3exp import data as data_mod
 from gainakt3exp import metrics, synthetic
+from gainakt3exp.train import resolve_data_root
 
 
 class DKT(nn.Module):
@@ -95,7 +96,7 @@ def main(argv=None) -> None:
             root = tmp
         else:
             dataset = args.dataset
-            root = Path(args.data_root) if Path(args.data_root).is_absolute() else PROJECT_ROOT / args.data_root
+            root = resolve_data_root(args.data_root)
         spec = data_mod.dataset_spec(dataset, root)
         splits = {s: data_mod.load_split(spec, s, args.fold, args.seq_len)
                   for s in ("train", "valid", "test", "test_window")}

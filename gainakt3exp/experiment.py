@@ -343,8 +343,9 @@ def prepare_reproduction(client, ref: str, echo=print, extra_tags: dict | None =
     original = tracking.resolve_run(client, ref)
     run_id = original.info.run_id
     config, raw = read_config(client, run_id)
-    params = config_params(config)
-    added = added_since(config)
+    defaults = load_defaults()
+    params = config_params(config, defaults)
+    added = added_since(config, defaults)
     if added:
         echo(f"warning: run {run_id} was made before these parameters existed; they take their defaults, which "
              "keep the code's behaviour from before: " + ", ".join(f"{k}={format_value(params[k])}" for k in added))

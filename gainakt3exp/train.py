@@ -93,15 +93,17 @@ def build_optimizer(model: torch.nn.Module, params: dict) -> torch.optim.Optimiz
     return optim_cls(model.parameters(), lr=params["learning_rate"], weight_decay=params["weight_decay"])
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, params: dict):
-    """The epoch-level learning-rate schedule (params lr_schedule): plateau (the seed) lowers the rate by
-    lr_plateau_factor after lr_plateau_patience epochs without a better val AUC; cosine sets it after epoch e to
-    learning_rate * (1 + cos(pi e / epochs)) / 2, from learning_rate at the start to 0 after the last epoch."""
+def build_scheduler(optimizer: torch.optim.Optimizer, params: dict) -> Callable[[float], None]:
+    """The epoch-level learning-rate schedule (params lr_schedule), as step(val_auc) to call after each epoch:
+    plateau (the seed) lowers the rate by lr_plateau_factor after lr_plateau_patience epochs without a better val
+    AUC; cosine sets it after epoch e to learning_rate * (1 + cos(pi e / epochs)) / 2, from learning_rate at the
+    start to 0 after the last epoch."""
     if params["lr_schedule"] == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="max", factor=params["lr_plateau_factor"], patience=params["lr_plateau_patience"])
+            optimizer, mode="max", factor=params["lr_plateau_factor"], patience=params["lr_plateau_patience"]).step
     epochs = params["epochs"]
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 0.5 * (1.0 + math.cos(math.pi * e / epochs)))
+    cosine = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 0.5 * (1.0 + math.cos(math.pi * e / epochs)))
+    return lambda _val_auc: cosine.step()
 
 
 #: glibc malloc settings for training processes (mallopt): blocks up to 1 GiB come from the heap and freed memory is
@@ -196,7 +198,7 @@ def train_model(
     num_c = data.spec.num_c
     model = GainAKT3Exp.from_params(params, num_c).to(device)
     optimizer = build_optimizer(model, params)
-    scheduler = build_scheduler(optimizer, params)
+    step_lr = build_scheduler(optimizer, params)
     objective = Objective(params)
     generator = torch.Generator().manual_seed(params["seed"])
     n_batches = math.ceil(len(data.train) / params["batch_size"])
@@ -254,10 +256,7 @@ def train_model(
                 on_checkpoint(checkpoint_bytes(model, params, num_c, epoch, val["auc"]))
         else:
             stale_epochs += 1
-        if params["lr_schedule"] == "plateau":
-            scheduler.step(val["auc"])
-        else:
-            scheduler.step()
+        step_lr(val["auc"])
         if on_epoch is not None:
             on_epoch({"epoch": epoch, "metrics": metrics, "entry": entry})
         if stale_epochs >= params["patience"]:
