@@ -35,6 +35,9 @@ FIXED_CONSTANTS = {
     "consistency_form": "telescoped",  # consistency from the cap excess at each row's last step (losses.consistency_loss)
 }
 
+#: pooled: one alignment correlation over every valid step of the batch (the seed); within_student: per row, averaged
+ALIGNMENT_POPULATIONS = ("pooled", "within_student")
+
 CONSTRAINTS = ("non_negative", "monotonicity", "mastery_performance", "gain_performance", "sparsity", "consistency")
 #: Which heads each constraint reads (a weight > 0 without its head is a ConfigError).
 _CONSTRAINT_HEADS = {
@@ -53,7 +56,7 @@ OBJECTIVE_PARAM_KEYS = (
     "mastery_gain_scale", "gain_performance_margin", "warmup_constraint_epochs", "enable_cosine_perf_schedule",
     "enable_alignment_loss", "alignment_weight", "alignment_warmup_epochs", "adaptive_alignment",
     "alignment_min_correlation", "alignment_share_cap", "alignment_share_decay_factor",
-    "use_residual_alignment", "alignment_residual_window",
+    "use_residual_alignment", "alignment_residual_window", "alignment_population",
     "enable_retention_loss", "retention_delta", "retention_weight",
     "enable_lag_gain_loss", "lag_gain_weight", "lag_max_lag", "lag_l1_weight", "lag_l2_weight", "lag_l3_weight",
     "consistency_rebalance_epoch", "consistency_rebalance_threshold", "consistency_rebalance_new_weight",
@@ -174,17 +177,28 @@ def masked_pearson(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torc
 
 def alignment_correlations(
     big_m: Optional[torch.Tensor], big_g: Optional[torch.Tensor], y: torch.Tensor, mask: torch.Tensor,
-    residual: bool, window: int,
+    residual: bool, window: int, population: str = "pooled",
 ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """rho_M = corr(M, P), rho_G = corr(G, P) over mu_t, with M_t = mean_k m_t[k], G_t = mean_k g_t[k] (B, L)
-    and P = residual_performance(y) if residual else y. A head that is off (None) gives None."""
+    and P = residual_performance(y) if residual else y. A head that is off (None) gives None.
+
+    population pooled (the seed): one correlation over every valid step of the batch. within_student: the
+    correlation of each row over its valid steps, averaged over the rows where it is defined (0 when none is), the
+    definition of trajectory/mastery_correlation; a student's level then neither helps nor hurts."""
+    if population not in ALIGNMENT_POPULATIONS:
+        raise ConfigError(f"alignment_population={population!r}: must be one of {', '.join(ALIGNMENT_POPULATIONS)}")
     p = residual_performance(y, mask, window) if residual else y
     present = [x for x in (big_m, big_g) if x is not None]
     if not present:
         return None, None
-    # both correlations in one pass over the batch: rows (M, G) against the same P and mask
-    corr, _ = _pearson(torch.stack([x.reshape(-1) for x in present]), p.reshape(1, -1).expand(len(present), -1),
-                       mask.reshape(1, -1).expand(len(present), -1), dim=1)
+    k = len(present)
+    if population == "within_student":  # (K, B, L) -> per row (K, B) -> mean over the defined rows (K,)
+        rows, defined = _pearson(torch.stack(present), p.unsqueeze(0).expand(k, -1, -1),
+                                 mask.unsqueeze(0).expand(k, -1, -1), dim=2)
+        corr = torch.where(defined, rows, torch.zeros_like(rows)).sum(1) / defined.sum(1).clamp(min=1)
+    else:  # both correlations in one pass over the batch: rows (M, G) against the same P and mask
+        corr, _ = _pearson(torch.stack([x.reshape(-1) for x in present]), p.reshape(1, -1).expand(k, -1),
+                           mask.reshape(1, -1).expand(k, -1), dim=1)
     got = iter(corr)
     return (next(got) if big_m is not None else None), (next(got) if big_g is not None else None)
 
@@ -435,13 +449,13 @@ class Objective:
         parts["constraint_total"] = constraint_total.detach()
 
         align = zero
-        residual, window = p["use_residual_alignment"], p["alignment_residual_window"]
+        how = (p["use_residual_alignment"], p["alignment_residual_window"], p["alignment_population"])
         if p["enable_alignment_loss"] and has_m and has_g:
-            rho_m, rho_g = alignment_correlations(big_m, big_g, y, mask, residual, window)
+            rho_m, rho_g = alignment_correlations(big_m, big_g, y, mask, *how)
             align = -(rho_m + rho_g) * self.effective_alignment_weight
         else:  # logged only (SPEC §6 alignment_corr_*), no gradient needed
             with torch.no_grad():
-                rho_m, rho_g = alignment_correlations(big_m, big_g, y, mask, residual, window)
+                rho_m, rho_g = alignment_correlations(big_m, big_g, y, mask, *how)
         nan = torch.full((), float("nan"), device=bce.device)
         parts["alignment"] = align.detach()
         parts["rho_m"] = rho_m.detach() if rho_m is not None else nan

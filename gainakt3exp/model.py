@@ -10,7 +10,9 @@ Each step is embedded into two streams: the context stream H (queries and keys) 
 (attention values). emb_type qid (the seed): one embedding per interaction token x_t = c_t + C * r_t;
 concept_plus_response (AKT's): e(c_t) + e_r(r_t), so a concept's right and wrong answers share its embedding.
 Attention is causal (step t sees steps <= t); padding is trailing, so causality alone keeps padded steps out of
-every valid step. Outputs are float32 even under bf16 autocast.
+every valid step. attention_bias alibi adds -slope_h * (t - tau) to head h's score of step tau at step t (ALiBi,
+slopes 2^(-8h/H), h = 1..H): a recency prior, like AKT's attention that decays with distance; none (the seed)
+adds nothing. Outputs are float32 even under bf16 autocast.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ MODEL_PARAM_KEYS = (
     "d_ff",
     "dropout",
     "emb_type",
+    "attention_bias",
     "use_mastery_head",
     "use_gain_head",
     "mastery_gain_scale",
@@ -43,6 +46,8 @@ MODEL_PARAM_KEYS = (
 
 #: qid: one vector per (concept, response) token (the seed); concept_plus_response: e(c) + e_r(r) (AKT, SPEC §11)
 SUPPORTED_EMB_TYPES = ("qid", "concept_plus_response")
+#: none: plain causal attention (the seed); alibi: minus a fixed per-head slope times the distance (ALiBi)
+ATTENTION_BIASES = ("none", "alibi")
 MASTERY_IN_PREDICTION = ("none", "logit", "logit_skill_free")
 GAIN_SCOPES = ("all_skills", "practised_skill")
 MASTERY_LINKS = ("clamp", "logistic")
@@ -114,16 +119,18 @@ class _EncoderBlock(nn.Module):
         b, l, d = x.shape
         return x.view(b, l, self.n_heads, d // self.n_heads).transpose(1, 2)  # (B, h, L, D/h)
 
-    def forward(self, h: torch.Tensor, v: torch.Tensor,
-                h_steps: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, h: torch.Tensor, v: torch.Tensor, h_steps: Optional[int] = None,
+                bias: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """h_steps: compute the new H for the first h_steps steps only (None = all); V is always complete.
-        Only H's FFN is skipped: H's first steps do not depend on later ones, V does not depend on the FFN."""
+        Only H's FFN is skipped: H's first steps do not depend on later ones, V does not depend on the FFN.
+        bias: (h, L, L) added to the attention scores, -inf above the diagonal (causal); None: causal only."""
         b, l, d = h.shape
         attn = F.scaled_dot_product_attention(
             self._split_heads(self.q_proj(h)),
             self._split_heads(self.k_proj(h)),
             self._split_heads(self.v_proj(v)),
-            is_causal=True,
+            attn_mask=bias,
+            is_causal=bias is None,
         )  # (B, h, L, D/h)
         out = self.dropout(self.out_proj(attn.transpose(1, 2).reshape(b, l, d)))  # (B, L, D)
         if h_steps is not None:
@@ -150,6 +157,7 @@ class GainAKT3Exp(nn.Module):
         d_ff: int,
         dropout: float,
         emb_type: str,
+        attention_bias: str,
         use_mastery_head: bool,
         use_gain_head: bool,
         mastery_gain_scale: float,
@@ -159,7 +167,8 @@ class GainAKT3Exp(nn.Module):
         gain_head_init_scale: float,
     ):
         super().__init__()
-        _check_architecture(num_c, seq_len, d_model, n_heads, num_encoder_blocks, d_ff, dropout, emb_type)
+        _check_architecture(num_c, seq_len, d_model, n_heads, num_encoder_blocks, d_ff, dropout, emb_type,
+                            attention_bias)
         problems = []
         if mastery_in_prediction not in MASTERY_IN_PREDICTION or (mastery_in_prediction != "none"
                                                                   and not use_mastery_head):
@@ -190,6 +199,10 @@ class GainAKT3Exp(nn.Module):
             self.context_response_emb = nn.Embedding(2, d_model)
             self.value_response_emb = nn.Embedding(2, d_model)
 
+        self.attention_bias = attention_bias
+        if attention_bias == "alibi":  # not a weight (no state_dict entry, no random draw): checkpoints keep their keys
+            slopes = torch.tensor([2.0 ** (-8.0 * (i + 1) / n_heads) for i in range(n_heads)])
+            self.register_buffer("alibi_slopes", slopes, persistent=False)
         self.blocks = nn.ModuleList(
             _EncoderBlock(d_model, n_heads, d_ff, dropout) for _ in range(num_encoder_blocks)
         )
@@ -249,8 +262,9 @@ class GainAKT3Exp(nn.Module):
         last_h_steps = None  # steps of the last block's H that anything reads
         if not logits:
             last_h_steps = 0 if mastery_head is None else (1 if gain_head is not None else None)
+        bias = self._attention_bias(l)
         for i, block in enumerate(self.blocks):
-            h, v = block(h, v, last_h_steps if i == len(self.blocks) - 1 else None)
+            h, v = block(h, v, last_h_steps if i == len(self.blocks) - 1 else None, bias)
 
         z = self._predict(h, v, q) if logits else None  # z (B, L)
         reads_mastery = logits and self.mastery_in_prediction != "none"
@@ -293,6 +307,15 @@ class GainAKT3Exp(nn.Module):
         if reads_mastery:
             z = z + self._mastery_logit(mastery.gather(-1, q.unsqueeze(-1)).squeeze(-1))
         return ModelOutput(logits=z, mastery=mastery, gains=gains)
+
+    def _attention_bias(self, l: int) -> Optional[torch.Tensor]:
+        """(h, L, L) scores added by attention_bias alibi: -slope_h * (t - tau) for tau <= t, -inf after t; None
+        for none (the blocks then use is_causal)."""
+        if self.attention_bias == "none":
+            return None
+        steps = torch.arange(l, device=self.alibi_slopes.device)
+        back = (steps.view(l, 1) - steps.view(1, l)).float()  # t - tau
+        return torch.where(back >= 0, -self.alibi_slopes.view(-1, 1, 1) * back, float("-inf"))
 
     def _practised_gain(self, v: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """g_t[c_t] = ReLU(W[c_t] . v_t + b[c_t]) (B, L): the gain head's row of the practised skill only."""
@@ -352,11 +375,14 @@ class GainAKT3Exp(nn.Module):
         return last(dropout(relu(hidden))).view(b, l).float()
 
 
-def _check_architecture(num_c, seq_len, d_model, n_heads, num_encoder_blocks, d_ff, dropout, emb_type) -> None:
+def _check_architecture(num_c, seq_len, d_model, n_heads, num_encoder_blocks, d_ff, dropout, emb_type,
+                        attention_bias) -> None:
     """Refuse shapes the model cannot be built with, listing every problem at once."""
     problems = []
     if emb_type not in SUPPORTED_EMB_TYPES:
         problems.append(f"emb_type={emb_type!r} is not supported; allowed: {', '.join(SUPPORTED_EMB_TYPES)}")
+    if attention_bias not in ATTENTION_BIASES:
+        problems.append(f"attention_bias={attention_bias!r} is not supported; allowed: {', '.join(ATTENTION_BIASES)}")
     for key, value in (("num_c", num_c), ("seq_len", seq_len), ("d_model", d_model), ("n_heads", n_heads),
                        ("num_encoder_blocks", num_encoder_blocks), ("d_ff", d_ff)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:

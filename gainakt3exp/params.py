@@ -287,6 +287,12 @@ def check_params(p: Mapping[str, Any]) -> list[str]:
     if p["emb_type"] not in ("qid", "concept_plus_response"):
         problems.append(f"emb_type={p['emb_type']!r}: must be qid (one embedding per concept-response token) or "
                         "concept_plus_response (a concept embedding plus a response embedding)")
+    if p["alignment_population"] not in ("pooled", "within_student"):
+        problems.append(f"alignment_population={p['alignment_population']!r}: must be pooled (one correlation over the "
+                        "batch) or within_student (each student's correlation, averaged)")
+    if p["attention_bias"] not in ("none", "alibi"):
+        problems.append(f"attention_bias={p['attention_bias']!r}: must be none (plain causal attention) or alibi "
+                        "(a per-head penalty growing with the distance between steps)")
     if p["n_heads"] > 0 and p["d_model"] % p["n_heads"]:
         problems.append(
             f"d_model={p['d_model']} n_heads={p['n_heads']}: n_heads must divide d_model "

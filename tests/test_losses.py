@@ -160,6 +160,27 @@ def test_alignment_correlations_use_skill_means():
     assert float(rho_m) == 0.0
 
 
+def test_within_student_alignment_is_the_mean_of_each_rows_correlation_a_naive_loop_gives():
+    gen = torch.Generator().manual_seed(3)
+    big_m, big_g = torch.rand(5, 9, generator=gen), torch.rand(5, 9, generator=gen)
+    y = torch.randint(0, 2, (5, 9), generator=gen).float()
+    lengths = [9, 6, 1, 4, 7]  # row 2 has one step: no correlation, left out of the mean
+    mask = torch.arange(9).view(1, -1) < torch.tensor(lengths).view(-1, 1)
+    y[3, :4] = 1.0  # constant responses: no correlation either
+    for residual in (False, True):
+        p = residual_performance(y, mask, 3).numpy() if residual else y.numpy()
+        within = alignment_correlations(big_m, big_g, y, mask, residual, 3, "within_student")
+        for got, x in zip(within, (big_m, big_g)):
+            naive = [np.corrcoef(x[i, :n].numpy(), p[i, :n])[0, 1] for i, n in enumerate(lengths)
+                     if n >= 2 and np.ptp(p[i, :n]) > 0]
+            assert len(naive) == 3  # rows 0, 1 and 4
+            assert float(got) == pytest.approx(np.mean(naive), abs=1e-6)
+        pooled = alignment_correlations(big_m, big_g, y, mask, residual, 3)
+        assert float(pooled[0]) != pytest.approx(float(within[0]), abs=1e-3)  # the seed's population differs
+    with pytest.raises(ConfigError, match="alignment_population='batch': must be one of pooled, within_student"):
+        alignment_correlations(big_m, big_g, y, mask, False, 3, "batch")
+
+
 def test_lag_correlation_is_one_for_gains_that_predict_the_next_label():
     big_g = _t([[0, 1, 0, 1, 1, 0]])
     y = _t([[0, 0, 1, 0, 1, 1]])  # y_{t+1} = G_t for t = 0..4
@@ -296,7 +317,7 @@ def _definition_parts(model_out, batch, params, objective):
     }
     parts = {k: w[k] * v for k, v in terms.items()}
     rho_m, rho_g = alignment_correlations(m.mean(-1), g.mean(-1), y, mask, params["use_residual_alignment"],
-                                          params["alignment_residual_window"])
+                                          params["alignment_residual_window"], params["alignment_population"])
     parts["alignment"] = -(rho_m + rho_g) * objective.effective_alignment_weight
     value, _, _ = lag_gain_correlation(g.mean(-1), y, mask, params["lag_max_lag"], [0.5, 0.3, 0.2])
     parts["lag"] = -params["lag_gain_weight"] * value.clamp(min=0)
@@ -305,10 +326,12 @@ def _definition_parts(model_out, batch, params, objective):
     return parts
 
 
-def test_objective_of_the_reduced_pass_equals_the_full_tensor_definitions():
+@pytest.mark.parametrize("population", ["pooled", "within_student"])
+def test_objective_of_the_reduced_pass_equals_the_full_tensor_definitions(population):
     """Every term from per-step values (no (B, L, C) tensor) equals SPEC §5 on full mastery and gains."""
     params = _params(seq_len=13, d_model=16, n_heads=2, num_encoder_blocks=1, d_ff=16, dropout=0.0,
-                     mastery_gain_scale=0.5, warmup_constraint_epochs=1, non_negative_loss_weight=0.3)
+                     mastery_gain_scale=0.5, warmup_constraint_epochs=1, non_negative_loss_weight=0.3,
+                     alignment_population=population)
     torch.manual_seed(0)
     model = GainAKT3Exp.from_params(params, num_c=7).eval()
     gen = torch.Generator().manual_seed(2)

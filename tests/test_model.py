@@ -17,8 +17,8 @@ C, B, L = 4, 3, 6
 
 def _model(**overrides) -> GainAKT3Exp:
     kwargs = dict(num_c=C, seq_len=L + 1, d_model=16, n_heads=2, num_encoder_blocks=2, d_ff=24, dropout=0.1,
-                  emb_type="qid", use_mastery_head=True, use_gain_head=True, mastery_gain_scale=0.1,
-                  gain_scope="all_skills", mastery_link="clamp", mastery_in_prediction="none",
+                  emb_type="qid", attention_bias="none", use_mastery_head=True, use_gain_head=True,
+                  mastery_gain_scale=0.1, gain_scope="all_skills", mastery_link="clamp", mastery_in_prediction="none",
                   gain_head_init_scale=1.0)
     kwargs.update(overrides)
     return GainAKT3Exp(**kwargs).eval()
@@ -41,10 +41,11 @@ def _final_streams(model, c, r, q):
     return out, captured["hv"]
 
 
-@pytest.mark.parametrize("emb_type", ["qid", "concept_plus_response"])
-def test_prediction_mastery_and_gains_ignore_future_responses(emb_type):
+@pytest.mark.parametrize("emb_type,attention_bias", [("qid", "none"), ("concept_plus_response", "none"),
+                                                     ("qid", "alibi")])
+def test_prediction_mastery_and_gains_ignore_future_responses(emb_type, attention_bias):
     torch.manual_seed(0)
-    model = _model(emb_type=emb_type)
+    model = _model(emb_type=emb_type, attention_bias=attention_bias)
     c, r, q = _inputs()
     with torch.no_grad():
         base, base_steps = model(c, r, q), model(c, r, q, reduced=True).steps
@@ -293,3 +294,42 @@ def test_gain_head_init_scale_scales_pytorchs_initial_weights_only():
     torch.testing.assert_close(small.gain_head.weight, 0.01 * default.gain_head.weight)
     torch.testing.assert_close(small.gain_head.bias, 0.01 * default.gain_head.bias)
     torch.testing.assert_close(small.mastery_head.weight, default.mastery_head.weight)  # nothing else moves
+
+
+def test_alibi_subtracts_a_per_head_slope_times_the_distance_from_the_attention_scores():
+    torch.manual_seed(0)
+    model = _model(attention_bias="alibi", n_heads=2)
+    torch.testing.assert_close(model.alibi_slopes, torch.tensor([2.0 ** -4, 2.0 ** -8]))
+    block, (c, r, q) = model.blocks[0], _inputs()
+    got = {}
+    block.register_forward_hook(lambda mod, args, out: got.update(args=args, out=out))
+    with torch.no_grad():
+        model(c, r, q)
+        h, v, _, bias = got["args"]
+        # the scores by hand: softmax over tau <= t of q_t . k_tau / sqrt(d_head) - slope_h * (t - tau)
+        heads = [block._split_heads(proj(x)) for proj, x in ((block.q_proj, h), (block.k_proj, h), (block.v_proj, v))]
+        scores = heads[0] @ heads[1].transpose(-1, -2) / (heads[0].shape[-1] ** 0.5)
+        t = torch.arange(L)
+        distance = (t.view(-1, 1) - t.view(1, -1)).float()
+        scores = scores - model.alibi_slopes.view(1, -1, 1, 1) * distance
+        scores = scores.masked_fill(distance < 0, float("-inf"))
+        attn = (scores.softmax(-1) @ heads[2]).transpose(1, 2).reshape(B, L, -1)
+        out = block.out_proj(attn)
+        h1 = block.ln_context(h + out)
+        torch.testing.assert_close(got["out"][1], block.ln_value(v + out), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got["out"][0], block.ln_ffn(h1 + block.ffn(h1)), rtol=1e-5, atol=1e-5)
+        assert bias.shape == (2, L, L)
+
+
+def test_alibi_draws_the_same_weights_and_saves_the_same_keys_as_plain_attention():
+    torch.manual_seed(0)
+    plain = _model()
+    torch.manual_seed(0)
+    alibi = _model(attention_bias="alibi")
+    assert plain.state_dict().keys() == alibi.state_dict().keys()  # the slopes are not saved: checkpoints load
+    for key, value in plain.state_dict().items():
+        torch.testing.assert_close(alibi.state_dict()[key], value, rtol=0, atol=0)
+    with torch.no_grad():
+        assert not torch.allclose(plain(*_inputs()).logits, alibi(*_inputs()).logits)
+    with pytest.raises(ConfigError, match="attention_bias='rope' is not supported; allowed: none, alibi"):
+        _model(attention_bias="rope")

@@ -19,7 +19,7 @@ from gainakt3exp.params import (
 def test_defaults_file_md5_matches_its_defaults():
     raw = json.loads((CONFIG_DIR / "parameter_default.json").read_text())
     assert raw["md5"] == defaults_md5(raw["defaults"])
-    assert len(raw["defaults"]) == 70
+    assert len(raw["defaults"]) == 72
 
 
 def test_defaults_match_the_spec_values_that_the_original_docs_got_wrong():
@@ -163,3 +163,8 @@ def test_a_parameter_this_code_does_not_know_is_still_refused():
     config["md5"] = defaults_md5(config["defaults"])
     with pytest.raises(ReproError, match="it has parameters this code does not know: future_knob"):
         config_params(config)
+
+
+def test_an_unknown_attention_bias_is_refused_with_the_choices():
+    with pytest.raises(ConfigError, match="attention_bias='rope': must be none .* or alibi"):
+        resolve_params({"attention_bias": "rope"})
