@@ -136,9 +136,10 @@ def test_forward_is_deterministic_under_deterministic_algorithms():
         torch.use_deterministic_algorithms(previous)
 
 
-def test_forward_runs_under_bf16_autocast():
+@pytest.mark.parametrize("attention_bias", ["none", "alibi"])
+def test_forward_runs_under_bf16_autocast(attention_bias):
     torch.manual_seed(0)
-    model = _model()
+    model = _model(attention_bias=attention_bias)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(*_inputs())
     for t in out[:3]:
