@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from gainakt3exp.errors import ConfigError
+from gainakt3exp.params import ALIGNMENT_POPULATIONS
 
 #: Every fixed number of the objective that is not a run parameter (the lead records this in each run).
 FIXED_CONSTANTS = {
@@ -34,9 +35,6 @@ FIXED_CONSTANTS = {
     "alignment_share_cap_on": "magnitude",  # the share-cap decay compares |alignment share| (SPEC §5)
     "consistency_form": "telescoped",  # consistency from the cap excess at each row's last step (losses.consistency_loss)
 }
-
-#: pooled: one alignment correlation over every valid step of the batch (the seed); within_student: per row, averaged
-ALIGNMENT_POPULATIONS = ("pooled", "within_student")
 
 CONSTRAINTS = ("non_negative", "monotonicity", "mastery_performance", "gain_performance", "sparsity", "consistency")
 #: Which heads each constraint reads (a weight > 0 without its head is a ConfigError).

@@ -24,6 +24,7 @@ from torch import nn
 
 from gainakt3exp.cumulative import StepValues, cumulative_steps, practised_full, practised_steps, steps_from_full
 from gainakt3exp.errors import ConfigError
+from gainakt3exp.params import ATTENTION_BIASES, EMB_TYPES
 
 #: Keys of the run parameter dict that build the model (num_c comes from the data set).
 MODEL_PARAM_KEYS = (
@@ -45,9 +46,9 @@ MODEL_PARAM_KEYS = (
 )
 
 #: qid: one vector per (concept, response) token (the seed); concept_plus_response: e(c) + e_r(r) (AKT, SPEC §11)
-SUPPORTED_EMB_TYPES = ("qid", "concept_plus_response")
-#: none: plain causal attention (the seed); alibi: minus a fixed per-head slope times the distance (ALiBi)
-ATTENTION_BIASES = ("none", "alibi")
+SUPPORTED_EMB_TYPES = EMB_TYPES
+#: attention_bias (params.ATTENTION_BIASES): none, plain causal attention (the seed); alibi, minus a fixed per-head
+#: slope times the distance (ALiBi)
 MASTERY_IN_PREDICTION = ("none", "logit", "logit_skill_free")
 GAIN_SCOPES = ("all_skills", "practised_skill")
 MASTERY_LINKS = ("clamp", "logistic")

@@ -28,6 +28,11 @@ DEFAULTS_FILE = CONFIG_DIR / "parameter_default.json"
 PROFILES_DIR = CONFIG_DIR / "profiles"
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+#: Allowed values of string choices, defined once: the model and the objective import them from here.
+EMB_TYPES = ("qid", "concept_plus_response")
+ATTENTION_BIASES = ("none", "alibi")
+ALIGNMENT_POPULATIONS = ("pooled", "within_student")
+LR_SCHEDULES = ("plateau", "cosine")
 _TRUE, _FALSE = {"true"}, {"false"}
 
 
@@ -260,7 +265,7 @@ def check_params(p: Mapping[str, Any]) -> list[str]:
     for k in ("alignment_min_correlation", "consistency_rebalance_threshold"):
         if not -1 <= p[k] <= 1:
             problems.append(f"{k}={format_value(p[k])}: a correlation, must be in [-1, 1]")
-    if p["lr_schedule"] not in ("plateau", "cosine"):
+    if p["lr_schedule"] not in LR_SCHEDULES:
         problems.append(f"lr_schedule={p['lr_schedule']!r}: must be plateau or cosine")
     if p["optimizer"] not in ("Adam", "AdamW"):
         problems.append(f"optimizer={p['optimizer']!r}: must be Adam or AdamW")
@@ -284,13 +289,13 @@ def check_params(p: Mapping[str, Any]) -> list[str]:
             problems.append(f"mastery_link=logistic with consistency_loss_weight={format_value(p['consistency_loss_weight'])}: "
                             "consistency asks m_t - m_{t-1} = scale * g_t, the clamp link's rule; set "
                             "consistency_loss_weight 0 or mastery_link clamp")
-    if p["emb_type"] not in ("qid", "concept_plus_response"):
+    if p["emb_type"] not in EMB_TYPES:
         problems.append(f"emb_type={p['emb_type']!r}: must be qid (one embedding per concept-response token) or "
                         "concept_plus_response (a concept embedding plus a response embedding)")
-    if p["alignment_population"] not in ("pooled", "within_student"):
+    if p["alignment_population"] not in ALIGNMENT_POPULATIONS:
         problems.append(f"alignment_population={p['alignment_population']!r}: must be pooled (one correlation over the "
                         "batch) or within_student (each student's correlation, averaged)")
-    if p["attention_bias"] not in ("none", "alibi"):
+    if p["attention_bias"] not in ATTENTION_BIASES:
         problems.append(f"attention_bias={p['attention_bias']!r}: must be none (plain causal attention) or alibi "
                         "(a per-head penalty growing with the distance between steps)")
     if p["n_heads"] > 0 and p["d_model"] % p["n_heads"]:
