@@ -5,6 +5,7 @@
     .venv/bin/python benchmarks/train_throughput.py --batches 30             # the epoch's first 30 batches
     .venv/bin/python benchmarks/train_throughput.py --override use_amp=true  # bf16 autocast
     .venv/bin/python benchmarks/train_throughput.py --batches 20 --torch_profile 10   # + where the time goes
+    .venv/bin/python benchmarks/train_throughput.py --batches 2 --count_flops 10      # + the matmul work it asks for
 
 What is timed is gainakt3exp.train._train_epoch itself, the loop train_model runs: autocast, forward, objective,
 zero_grad, backward, gradient clipping, optimizer step, the per-batch AUC bookkeeping and the batch-level sink
@@ -13,7 +14,11 @@ logging (an in-memory sink here; benchmarks/epoch_overhead.py times MLflow). Par
 The objective is put in the schedule of its first epoch with every term in force (--objective_state all-on; lag,
 retention and adaptive alignment active) or of epoch 1 (first-epoch). A warm-up over the epoch's last
 --warmup_batches batches runs first. Real interactions = sum of batch.mask; the line also reports the padding
-the length-bucketed batches compute and what bucketing saved. Prints one JSON line (two with --torch_profile).
+the length-bucketed batches compute and what bucketing saved. Prints one JSON line, plus one with --torch_profile
+and one with --count_flops: the floating-point operations of the matrix products (linear layers, the gain head's
+products inside the cumulative function, attention) per real interaction, counted by torch's FlopCounterMode
+over the epoch's last N batches. The ratio of two configurations' counts is the cost ratio their work sets when
+both run at the same arithmetic rate; timing can approach it, not beat it.
 """
 from __future__ import annotations
 
@@ -42,6 +47,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="afterwards, run the epoch's last N batches under torch.profiler; "
                              "a second JSON line lists the top operators by self CPU time")
     parser.add_argument("--top_ops", type=int, default=25, help="operators listed by --torch_profile")
+    parser.add_argument("--count_flops", type=int, default=0, metavar="N",
+                        help="afterwards, count the matrix-product FLOPs of the epoch's last N batches (forward and "
+                             "backward; a JSON line per op and per real interaction)")
     return parser.parse_args(argv)
 
 
@@ -112,6 +120,40 @@ def main(argv=None) -> None:
                                            **pt.as_dict(), "profiler_self_cpu_ms": total / 1000, "top_ops": top},
              extra)
 
+    if args.count_flops > 0:
+        flop_seqs = subset(train, np.concatenate(batches[-args.count_flops:]))
+        counter = flop_counter()
+        with counter:
+            stats, n_batches, _ = run_epoch(tr, p, flop_seqs, p["seed"] + 3)
+        n = stats["interactions"]
+        cells = padding_stats(flop_seqs, p["batch_size"], p["seed"] + 3)["computed_cells"]  # the batches' B x L
+        by_op = {str(op): count for op, count in counter.get_flop_counts()["Global"].items()}
+        total = counter.get_total_flops()
+        emit("train_step_flops", bench, {"batches": n_batches, "interactions": n, "computed_cells": cells,
+                                         "flops": total, "flops_per_interaction": total / n,
+                                         "flops_by_op": by_op,
+                                         "flops_per_interaction_by_op": {op: c / n for op, c in by_op.items()}},
+             extra)
+
+
+def flop_counter():
+    """torch's FlopCounterMode, also counting what a CPU training step runs that it does not count by default: the
+    in-place addmm_ (the gain head's weight gradient) and the CPU flash-attention kernels (forward and backward),
+    with torch's own formulas (attention counted over the whole L x L, causal or not, as torch counts it)."""
+    from torch.utils import flop_counter as fc
+
+    def as_registered(formula):  # torch's formulas are stored already wrapped for shapes: pass them as they are
+        def counted(*args, **kwargs):
+            return formula(*args, **kwargs)
+        counted._get_raw = True
+        return counted
+
+    aten = torch.ops.aten
+    return fc.FlopCounterMode(display=False, custom_mapping={
+        aten.addmm_: as_registered(fc.addmm_flop),
+        aten._scaled_dot_product_flash_attention_for_cpu: as_registered(fc.sdpa_flop),
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: as_registered(fc.sdpa_backward_flop),
+    })
 
 if __name__ == "__main__":
     run(main)

@@ -26,6 +26,25 @@ def test_train_throughput_reports_interactions_per_second(synthetic_root):
     assert line["results"]["interactions_per_second"] > 0 and line["results"]["peak_rss_kib"] > 0
 
 
+def test_train_throughput_counts_the_matrix_work_of_the_gain_head_exactly(synthetic_root):
+    """--count_flops: the gain head's weight gradient (the one in-place addmm_ of a step) is 2 C (D + 1) per computed
+    cell, exactly; the same batches without the heads keep the encoder's attention work and lose at least the gain
+    head's three products, 2 C (3 D + 2) per cell (tiny: D 16, synthetic: C 20)."""
+    common = ("--data_root", str(synthetic_root), "--batches", "1", "--warmup_batches", "1", "--count_flops", "2")
+    _, full = _run("train_throughput.py", "--profile", "tiny", *common)
+    _, pure = _run("train_throughput.py", "--profile", "tiny", "--profile", "pure-bce", *common)
+    d, c = 16, 20
+    f, b = full["results"], pure["results"]
+    assert f["computed_cells"] == b["computed_cells"] > 0 and f["interactions"] == b["interactions"]
+    cells = f["computed_cells"]
+    assert f["flops_by_op"]["aten.addmm_"] == 2 * c * (d + 1) * cells
+    assert "aten.addmm_" not in b["flops_by_op"]
+    for op in ("aten._scaled_dot_product_flash_attention_for_cpu",
+               "aten._scaled_dot_product_flash_attention_for_cpu_backward"):
+        assert f["flops_by_op"][op] == b["flops_by_op"][op] > 0
+    assert f["flops"] - b["flops"] >= 2 * c * (3 * d + 2) * cells
+
+
 def test_eval_correlations_reports_one_line_per_student_count(synthetic_root):
     lines = _run("eval_correlations.py", "--profile", "tiny", "--data_root", str(synthetic_root),
                  "--students", "10", "all")
