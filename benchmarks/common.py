@@ -9,13 +9,15 @@ Parameters come from gainakt3exp.params.resolve_params: the defaults, then each 
 base BENCH_OVERRIDES for the keys no profile sets (so --profile cpu-small keeps its d_model 64), --data_root and
 each --override key=value. A benchmark runs exactly the configuration a tracked run with those overrides would, and
 every parameter value lands in the JSON line (params, overrides = what differs from the defaults, settings).
-Timings on a shared machine are noisy: each line records the load average before and after the measurement and
-the process CPU seconds beside the wall seconds.
+Timings on a shared machine are noisy: each line records the load average before and after the measurement, the
+process CPU seconds beside the wall seconds, and the machine's float32 matrix-product rate when the line is written
+(machine.matmul_gflops), so that figures from different days can be compared per unit of arithmetic.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -135,7 +137,34 @@ def machine() -> dict:
         "fill_uninitialized_memory": bool(torch.utils.deterministic.fill_uninitialized_memory),
         "mkl": torch.backends.mkl.is_available(),
         "mkldnn": torch.backends.mkldnn.is_available(),
+        "matmul_gflops": matmul_gflops(),
     }
+
+
+#: The product matmul_gflops times: (M, K) x (K, N) float32, the shape of a d_model-256 layer over 4,096 steps.
+MATMUL_SHAPE = (4096, 256, 1024)
+
+
+def matmul_gflops(seconds: float = 0.3) -> float:
+    """The machine's float32 matrix-product rate now, with this process's torch threads: GFLOP/s of MATMUL_SHAPE,
+    the best of three timings of ~seconds / 3 each. Recorded beside every timing, so figures taken on different days
+    (this machine's speed moved by 1.5x between sessions) can be compared as interactions per GFLOP/s."""
+    m, k, n = MATMUL_SHAPE
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(m, k, generator=generator), torch.randn(k, n, generator=generator)
+    out = torch.empty(m, n)
+    torch.mm(a, b, out=out)
+    start = time.perf_counter()
+    torch.mm(a, b, out=out)
+    once = max(time.perf_counter() - start, 1e-6)
+    reps = max(1, int(seconds / 3 / once))
+    best = math.inf
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(reps):
+            torch.mm(a, b, out=out)
+        best = min(best, (time.perf_counter() - start) / reps)
+    return 2 * m * k * n / best / 1e9
 
 
 def peak_rss_kib() -> int:
@@ -170,6 +199,7 @@ class Timer:
 
 def emit(benchmark: str, bench: Bench, results: dict, extra: dict | None = None) -> None:
     """Print ONE JSON line: the benchmark name, the command's settings, every parameter, machine, results."""
+    peak = peak_rss_kib()  # before machine(), whose matrix-product timing allocates
     record = {
         "benchmark": benchmark,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
@@ -180,7 +210,7 @@ def emit(benchmark: str, bench: Bench, results: dict, extra: dict | None = None)
         **(extra or {}),
         "machine": machine(),
         "results": results,
-        "peak_rss_kib": peak_rss_kib(),
+        "peak_rss_kib": peak,
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     print(json.dumps(record, default=_json_default), flush=True)

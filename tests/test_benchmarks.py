@@ -45,6 +45,20 @@ def test_train_throughput_counts_the_matrix_work_of_the_gain_head_exactly(synthe
     assert f["flops"] - b["flops"] >= 2 * c * (3 * d + 2) * cells
 
 
+def test_extras_cost_trains_both_configurations_on_the_same_batches(synthetic_root):
+    """extras_cost.py: A (tiny) and B (tiny + pure-bce) train the same interactions, chunk by chunk, validation
+    included; the time ratio is A's seconds over B's."""
+    (line,) = _run("extras_cost.py", "--profile", "tiny", "--data_root", str(synthetic_root), "--chunk", "1",
+                   "--rounds", "2", "--validate")
+    r = line["results"]
+    assert r["chunks"] == 2 * len(range(0, 3, 1)) and r["validation_included"]  # 120 students: 3 batches of 32
+    assert r["interactions"] > 0 and r["a_seconds"] > 0 and r["b_seconds"] > 0
+    assert r["time_ratio"] == pytest.approx(r["a_seconds"] / r["b_seconds"])
+    assert r["chunk_time_ratio_min"] <= r["chunk_time_ratio_median"] <= r["chunk_time_ratio_max"]
+    assert line["versus"] == ["pure-bce"] and line["b_params"]["use_gain_head"] is False
+    assert line["params"]["use_gain_head"] is True and line["machine"]["matmul_gflops"] > 0
+
+
 def test_eval_correlations_reports_one_line_per_student_count(synthetic_root):
     lines = _run("eval_correlations.py", "--profile", "tiny", "--data_root", str(synthetic_root),
                  "--students", "10", "all")
