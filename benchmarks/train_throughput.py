@@ -49,7 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--top_ops", type=int, default=25, help="operators listed by --torch_profile")
     parser.add_argument("--count_flops", type=int, default=0, metavar="N",
                         help="afterwards, count the matrix-product FLOPs of the epoch's last N batches (forward and "
-                             "backward; a JSON line per op and per real interaction)")
+                             "backward); one more JSON line, with the counts per op and per real interaction")
     return parser.parse_args(argv)
 
 
