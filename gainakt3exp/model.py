@@ -12,7 +12,9 @@ concept_plus_response (AKT's): e(c_t) + e_r(r_t), so a concept's right and wrong
 Attention is causal (step t sees steps <= t); padding is trailing, so causality alone keeps padded steps out of
 every valid step. attention_bias alibi adds -slope_h * (t - tau) to head h's score of step tau at step t (ALiBi,
 slopes 2^(-8h/H), h = 1..H): a recency prior, like AKT's attention that decays with distance; none (the seed)
-adds nothing. Outputs are float32 even under bf16 autocast.
+adds nothing. query_embedding: the prediction head reads the next concept c_{t+1} through its own embedding
+(own, the seed) or through the context or value stream's concept embedding, the same weights (AKT shares one
+question embedding between its encoders and its prediction). Outputs are float32 even under bf16 autocast.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from torch import nn
 
 from gainakt3exp.cumulative import StepValues, cumulative_steps, practised_full, practised_steps, steps_from_full
 from gainakt3exp.errors import ConfigError
-from gainakt3exp.params import ATTENTION_BIASES, EMB_TYPES
+from gainakt3exp.params import ATTENTION_BIASES, EMB_TYPES, QUERY_EMBEDDINGS
 
 #: Keys of the run parameter dict that build the model (num_c comes from the data set).
 MODEL_PARAM_KEYS = (
@@ -36,6 +38,7 @@ MODEL_PARAM_KEYS = (
     "dropout",
     "emb_type",
     "attention_bias",
+    "query_embedding",
     "use_mastery_head",
     "use_gain_head",
     "mastery_gain_scale",
@@ -159,6 +162,7 @@ class GainAKT3Exp(nn.Module):
         dropout: float,
         emb_type: str,
         attention_bias: str,
+        query_embedding: str,
         use_mastery_head: bool,
         use_gain_head: bool,
         mastery_gain_scale: float,
@@ -169,7 +173,7 @@ class GainAKT3Exp(nn.Module):
     ):
         super().__init__()
         _check_architecture(num_c, seq_len, d_model, n_heads, num_encoder_blocks, d_ff, dropout, emb_type,
-                            attention_bias)
+                            attention_bias, query_embedding)
         problems = []
         if mastery_in_prediction not in MASTERY_IN_PREDICTION or (mastery_in_prediction != "none"
                                                                   and not use_mastery_head):
@@ -199,6 +203,10 @@ class GainAKT3Exp(nn.Module):
         if emb_type == "concept_plus_response":  # made after the seed's modules: qid draws the same initial weights
             self.context_response_emb = nn.Embedding(2, d_model)
             self.value_response_emb = nn.Embedding(2, d_model)
+
+        self.query_embedding = query_embedding
+        if query_embedding != "own":  # tying draws no random numbers: every other weight starts as without it
+            self.concept_emb.weight = getattr(self, f"{query_embedding}_emb").weight
 
         self.attention_bias = attention_bias
         if attention_bias == "alibi":  # not a weight (no state_dict entry, no random draw): checkpoints keep their keys
@@ -377,13 +385,16 @@ class GainAKT3Exp(nn.Module):
 
 
 def _check_architecture(num_c, seq_len, d_model, n_heads, num_encoder_blocks, d_ff, dropout, emb_type,
-                        attention_bias) -> None:
+                        attention_bias, query_embedding) -> None:
     """Refuse shapes the model cannot be built with, listing every problem at once."""
     problems = []
     if emb_type not in SUPPORTED_EMB_TYPES:
         problems.append(f"emb_type={emb_type!r} is not supported; allowed: {', '.join(SUPPORTED_EMB_TYPES)}")
     if attention_bias not in ATTENTION_BIASES:
         problems.append(f"attention_bias={attention_bias!r} is not supported; allowed: {', '.join(ATTENTION_BIASES)}")
+    if query_embedding not in QUERY_EMBEDDINGS or (query_embedding != "own" and emb_type != "concept_plus_response"):
+        problems.append(f"query_embedding={query_embedding!r}: allowed: {', '.join(QUERY_EMBEDDINGS)} (context and "
+                        "value need emb_type concept_plus_response)")
     for key, value in (("num_c", num_c), ("seq_len", seq_len), ("d_model", d_model), ("n_heads", n_heads),
                        ("num_encoder_blocks", num_encoder_blocks), ("d_ff", d_ff)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -31,6 +31,9 @@ _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 #: Allowed values of string choices, defined once: the model and the objective import them from here.
 EMB_TYPES = ("qid", "concept_plus_response")
 ATTENTION_BIASES = ("none", "alibi")
+#: query_embedding: the prediction head's vector of the next concept is its own (the seed), or the context / value
+#: stream's concept embedding (tied weights; needs emb_type concept_plus_response, whose tables have one row per concept)
+QUERY_EMBEDDINGS = ("own", "context", "value")
 ALIGNMENT_POPULATIONS = ("pooled", "within_student")
 LR_SCHEDULES = ("plateau", "cosine")
 _TRUE, _FALSE = {"true"}, {"false"}
@@ -298,6 +301,13 @@ def check_params(p: Mapping[str, Any]) -> list[str]:
     if p["attention_bias"] not in ATTENTION_BIASES:
         problems.append(f"attention_bias={p['attention_bias']!r}: must be none (plain causal attention) or alibi "
                         "(a per-head penalty growing with the distance between steps)")
+    if p["query_embedding"] not in QUERY_EMBEDDINGS:
+        problems.append(f"query_embedding={p['query_embedding']!r}: must be own (the head's own concept embedding), "
+                        "context or value (the stream's concept embedding, shared)")
+    elif p["query_embedding"] != "own" and p["emb_type"] != "concept_plus_response":
+        problems.append(f"query_embedding={p['query_embedding']} shares the {p['query_embedding']} stream's concept "
+                        f"embedding, which emb_type {p['emb_type']} does not have (one row per concept-response "
+                        "token): set emb_type concept_plus_response or query_embedding own")
     if p["n_heads"] > 0 and p["d_model"] % p["n_heads"]:
         problems.append(
             f"d_model={p['d_model']} n_heads={p['n_heads']}: n_heads must divide d_model "

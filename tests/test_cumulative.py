@@ -124,8 +124,8 @@ def test_model_reduced_pass_equals_its_full_pass_with_practised_gains(link):
 
     torch.manual_seed(1)
     model = GainAKT3Exp(num_c=6, seq_len=10, d_model=8, n_heads=2, num_encoder_blocks=1, d_ff=8, dropout=0.0,
-                        emb_type="qid", attention_bias="none", use_mastery_head=True, use_gain_head=True,
-                        mastery_gain_scale=0.5,
+                        emb_type="qid", attention_bias="none", query_embedding="own", use_mastery_head=True,
+                        use_gain_head=True, mastery_gain_scale=0.5,
                         gain_scope="practised_skill", mastery_link=link, mastery_in_prediction="logit_skill_free",
                         gain_head_init_scale=1.0).eval()
     gen = torch.Generator().manual_seed(2)

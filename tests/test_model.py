@@ -17,8 +17,8 @@ C, B, L = 4, 3, 6
 
 def _model(**overrides) -> GainAKT3Exp:
     kwargs = dict(num_c=C, seq_len=L + 1, d_model=16, n_heads=2, num_encoder_blocks=2, d_ff=24, dropout=0.1,
-                  emb_type="qid", attention_bias="none", use_mastery_head=True, use_gain_head=True,
-                  mastery_gain_scale=0.1, gain_scope="all_skills", mastery_link="clamp", mastery_in_prediction="none",
+                  emb_type="qid", attention_bias="none", query_embedding="own", use_mastery_head=True,
+                  use_gain_head=True, mastery_gain_scale=0.1, gain_scope="all_skills", mastery_link="clamp", mastery_in_prediction="none",
                   gain_head_init_scale=1.0)
     kwargs.update(overrides)
     return GainAKT3Exp(**kwargs).eval()
@@ -334,3 +334,37 @@ def test_alibi_draws_the_same_weights_and_saves_the_same_keys_as_plain_attention
         assert not torch.allclose(plain(*_inputs()).logits, alibi(*_inputs()).logits)
     with pytest.raises(ConfigError, match="attention_bias='rope' is not supported; allowed: none, alibi"):
         _model(attention_bias="rope")
+
+
+@pytest.mark.parametrize("stream", ["context", "value"])
+def test_a_shared_query_embedding_is_one_table_trained_by_both_uses(stream):
+    """query_embedding context / value: the head's next-concept vectors are the stream's concept embedding (one
+    parameter, counted once by the optimizer); every other weight starts as with `own`, and a gradient step reaches
+    the shared table from the stream (step c_t) and from the head (next concept q_t)."""
+    torch.manual_seed(0)
+    own = _model(emb_type="concept_plus_response")
+    torch.manual_seed(0)
+    shared = _model(emb_type="concept_plus_response", query_embedding=stream)
+    table = getattr(shared, f"{stream}_emb").weight
+    assert shared.concept_emb.weight is table
+    assert len(list(shared.parameters())) == len(list(own.parameters())) - 1
+    for key, value in own.state_dict().items():
+        if key != "concept_emb.weight":
+            torch.testing.assert_close(shared.state_dict()[key], value, rtol=0, atol=0)
+    torch.testing.assert_close(shared.state_dict()["concept_emb.weight"], table, rtol=0, atol=0)
+
+    c = torch.tensor([[0, 0, 0]])
+    r = torch.tensor([[1, 0, 1]])
+    q = torch.tensor([[1, 1, 1]])  # concept 0 is only practised, concept 1 only asked about
+    for model in (shared, own):
+        model(c, r, q).logits.sum().backward()
+    assert table.grad[0].abs().sum() > 0 and table.grad[1].abs().sum() > 0  # through the stream / the head
+    assert own.concept_emb.weight.grad[1].abs().sum() > 0 and own.concept_emb.weight.grad[0].abs().sum() == 0
+    assert getattr(own, f"{stream}_emb").weight.grad[1].abs().sum() == 0  # own: the stream never sees concept 1
+
+
+def test_a_shared_query_embedding_needs_one_row_per_concept():
+    with pytest.raises(ConfigError, match="query_embedding='value': allowed: own, context, value"):
+        _model(query_embedding="value")  # qid: one row per concept-response token
+    with pytest.raises(ConfigError, match="query_embedding='stream'"):
+        _model(emb_type="concept_plus_response", query_embedding="stream")

@@ -19,7 +19,7 @@ from gainakt3exp.params import (
 def test_defaults_file_md5_matches_its_defaults():
     raw = json.loads((CONFIG_DIR / "parameter_default.json").read_text())
     assert raw["md5"] == defaults_md5(raw["defaults"])
-    assert len(raw["defaults"]) == 72
+    assert len(raw["defaults"]) == 73
 
 
 def test_defaults_match_the_spec_values_that_the_original_docs_got_wrong():
@@ -163,6 +163,16 @@ def test_a_parameter_this_code_does_not_know_is_still_refused():
     config["md5"] = defaults_md5(config["defaults"])
     with pytest.raises(ReproError, match="it has parameters this code does not know: future_knob"):
         config_params(config)
+
+
+def test_a_shared_query_embedding_is_refused_without_concept_embeddings_and_unknown_values_with_the_choices():
+    with pytest.raises(ConfigError, match="query_embedding=context shares the context stream's concept embedding, "
+                                          "which emb_type qid does not have"):
+        resolve_params({"query_embedding": "context"})
+    with pytest.raises(ConfigError, match="query_embedding='both': must be own .*, context or value"):
+        resolve_params({"query_embedding": "both", "emb_type": "concept_plus_response"})
+    assert resolve_params({"query_embedding": "value", "emb_type": "concept_plus_response"}).params[
+        "query_embedding"] == "value"
 
 
 def test_an_unknown_attention_bias_is_refused_with_the_choices():
