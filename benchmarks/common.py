@@ -40,6 +40,7 @@ from gainakt3exp.errors import GaktError  # noqa: E402
 from gainakt3exp.losses import FIXED_CONSTANTS, Objective  # noqa: E402
 from gainakt3exp.model import GainAKT3Exp  # noqa: E402
 from gainakt3exp.params import load_profile, resolve_params  # noqa: E402
+from gainakt3exp.tracking import MemorySink  # noqa: E402
 
 #: The issue's reference model: the defaults except a model a 2-core CPU trains in about a minute per epoch.
 BENCH_OVERRIDES = {"d_model": "256", "num_encoder_blocks": "1"}
@@ -78,6 +79,7 @@ class Bench:
     overrides: dict
     profiles: list
     settings: dict = field(default_factory=dict)
+    given: dict = field(default_factory=dict)  # the overrides setup() resolved (base, data_root, --override)
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -100,7 +102,7 @@ def setup(args: argparse.Namespace) -> Bench:
         raise SystemExit(f"--threads {args.threads}: must be >= 1")
     torch.set_num_threads(args.threads)
     return Bench(params=resolved.params, overrides=resolved.overrides, profiles=list(args.profile),
-                 settings={**vars(args), "bench_base_applied": base})
+                 settings={**vars(args), "bench_base_applied": base}, given=overrides)
 
 
 def run(main) -> None:
@@ -253,6 +255,16 @@ def build_training(params: dict) -> Training:
 
 
 OBJECTIVE_STATES = ("all-on", "first-epoch")
+
+
+def train_epoch(tr: Training, params: dict, seqs, seed: int):
+    """One train._train_epoch over seqs with the epoch order of a generator seeded with `seed`, logging to an
+    in-memory sink: (epoch statistics, batches, sink)."""
+    generator = torch.Generator().manual_seed(seed)
+    sink = MemorySink()
+    stats, steps = train_mod._train_epoch(tr.model, tr.objective, tr.optimizer, seqs, params, tr.device, generator,
+                                          sink, 0, no_progress)
+    return stats, steps, sink
 
 
 def set_objective_state(objective: Objective, params: dict, state: str) -> int:

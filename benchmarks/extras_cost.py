@@ -24,13 +24,10 @@ import statistics
 
 import numpy as np
 
-from common import (OBJECTIVE_STATES, Bench, Timer, add_options, build_training, emit, epoch_batches, no_progress,
-                    parse_overrides, peak_rss_kib, run, set_objective_state, setup, subset)
+from common import (OBJECTIVE_STATES, Timer, add_options, build_training, emit, epoch_batches, peak_rss_kib, run,
+                    set_objective_state, setup, subset, train_epoch)
 from gainakt3exp.params import resolve_params
-from gainakt3exp.tracking import MemorySink
-from gainakt3exp.train import _train_epoch, validate_epoch
-
-import torch
+from gainakt3exp.train import validate_epoch
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -58,10 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def train_chunk(tr, params, seqs, seed, validate: bool) -> tuple[float, int]:
     """One _train_epoch over seqs (a generator seeded with `seed`), then validate_epoch if asked:
     (wall seconds, real interactions trained)."""
-    generator = torch.Generator().manual_seed(seed)
     with Timer() as t:
-        stats, _ = _train_epoch(tr.model, tr.objective, tr.optimizer, seqs, params, tr.device, generator,
-                                MemorySink(), 0, no_progress)
+        stats, _, _ = train_epoch(tr, params, seqs, seed)
         if validate:
             validate_epoch(tr.model, tr.data.valid, params, tr.device)
     return t.wall, stats["interactions"]
@@ -71,8 +66,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     bench = setup(args)
     versus = args.versus or ["pure-bce"]
-    raw = {**bench.settings["bench_base_applied"], "data_root": args.data_root, **parse_overrides(args.override)}
-    resolved_b = resolve_params(raw, profiles=[*args.profile, *versus])
+    resolved_b = resolve_params(bench.given, profiles=[*args.profile, *versus])  # A's overrides, then B's profiles
     configs = {"a": bench.params, "b": resolved_b.params}
     trainings = {}
     for key, p in configs.items():
@@ -118,8 +112,7 @@ def main(argv=None) -> None:
         "peak_rss_mib": peak_rss_kib() / 1024,
     }
     extra = {"versus": versus, "b_overrides": resolved_b.overrides, "b_params": configs["b"]}
-    emit("extras_cost", Bench(params=p, overrides=bench.overrides, profiles=bench.profiles, settings=bench.settings),
-         results, extra)
+    emit("extras_cost", bench, results, extra)
 
 
 if __name__ == "__main__":

@@ -27,10 +27,8 @@ import argparse
 import numpy as np
 import torch
 
-from common import (OBJECTIVE_STATES, Timer, add_options, build_training, emit, epoch_batches, no_progress,
-                    objective_facts, padding_stats, peak_rss_kib, run, set_objective_state, setup, subset)
-from gainakt3exp.tracking import MemorySink
-from gainakt3exp.train import _train_epoch
+from common import (OBJECTIVE_STATES, Timer, add_options, build_training, emit, epoch_batches, objective_facts,
+                    padding_stats, peak_rss_kib, run, set_objective_state, setup, subset, train_epoch)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -53,15 +51,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run_epoch(tr, params, seqs, seed):
-    """One _train_epoch over seqs with the epoch order of a generator seeded with `seed`."""
-    generator = torch.Generator().manual_seed(seed)
-    sink = MemorySink()
-    stats, steps = _train_epoch(tr.model, tr.objective, tr.optimizer, seqs, params, tr.device, generator, sink, 0,
-                                no_progress)
-    return stats, steps, sink
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
     bench = setup(args)
@@ -74,12 +63,12 @@ def main(argv=None) -> None:
     batches = epoch_batches(train, p["batch_size"], p["seed"])  # epoch 1's batches (train_model's first epoch)
     with Timer() as warm_t:
         if args.warmup_batches > 0:
-            run_epoch(tr, p, subset(train, np.concatenate(batches[-args.warmup_batches:])), p["seed"] + 1)
+            train_epoch(tr, p, subset(train, np.concatenate(batches[-args.warmup_batches:])), p["seed"] + 1)
 
     seqs = subset(train, np.concatenate(batches[:args.batches] if args.batches > 0 else batches))
     padding = padding_stats(seqs, p["batch_size"], p["seed"])
     with Timer() as t:
-        stats, n_batches, _ = run_epoch(tr, p, seqs, p["seed"])
+        stats, n_batches, _ = train_epoch(tr, p, seqs, p["seed"])
     n = stats["interactions"]
     assert n == padding["real_interactions"], (n, padding["real_interactions"])
     results = {
@@ -111,7 +100,7 @@ def main(argv=None) -> None:
 
         prof_seqs = subset(train, np.concatenate(batches[-args.torch_profile:]))
         with profile(activities=[ProfilerActivity.CPU]) as prof, Timer() as pt:
-            stats, n_batches, _ = run_epoch(tr, p, prof_seqs, p["seed"] + 2)
+            stats, n_batches, _ = train_epoch(tr, p, prof_seqs, p["seed"] + 2)
         events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
         total = sum(e.self_cpu_time_total for e in events) or 1
         top = [{"op": e.key, "self_cpu_ms": e.self_cpu_time_total / 1000, "share": e.self_cpu_time_total / total,
@@ -124,7 +113,7 @@ def main(argv=None) -> None:
         flop_seqs = subset(train, np.concatenate(batches[-args.count_flops:]))
         counter = flop_counter()
         with counter:
-            stats, n_batches, _ = run_epoch(tr, p, flop_seqs, p["seed"] + 3)
+            stats, n_batches, _ = train_epoch(tr, p, flop_seqs, p["seed"] + 3)
         n = stats["interactions"]
         cells = padding_stats(flop_seqs, p["batch_size"], p["seed"] + 3)["computed_cells"]  # the batches' B x L
         by_op = {str(op): count for op, count in counter.get_flop_counts()["Global"].items()}

@@ -204,7 +204,6 @@ class GainAKT3Exp(nn.Module):
             self.context_response_emb = nn.Embedding(2, d_model)
             self.value_response_emb = nn.Embedding(2, d_model)
 
-        self.query_embedding = query_embedding
         if query_embedding != "own":  # tying draws no random numbers: every other weight starts as without it
             self.concept_emb.weight = getattr(self, f"{query_embedding}_emb").weight
 
