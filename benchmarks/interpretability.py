@@ -16,15 +16,17 @@ about to be answered (the generator's law), four per-step quantities:
 each with three statistics: pooled (Pearson over all valid steps), within (Pearson per row = student window,
 averaged over rows where defined) and spearman (rank correlation, pooled). AUC of the model and of the oracle
 (the true P(correct) = GUESS + (1 - GUESS - SLIP) p*; it knows each student's ability and learning rates) on the
-same steps, and `bayes_auc` (test): the Bayes-optimal prediction from the student's history given the law and the
-skill difficulties (synthetic.bayes_predictive), the best a model of the history can do on average.
+same steps, `bayes_auc` (test): the Bayes-optimal prediction from the student's whole history given the law and
+the skill difficulties (synthetic.bayes_predictive), and `window_bayes_auc` (test): the same from the scored window
+alone (synthetic.window_bayes_predictive; a window that starts mid-history hides earlier practice), the best a model
+that reads windows, as every model scored on these files does, can do on average.
 With <= 100 skills, also every skill: m_t[k] vs p*_{t+1}[k] recomputed from the generator's seed
 (truth_all_skills: pooled over (step, skill) cells, within per row, spearman).
 A prediction baseline without a network, `feature_logistic_auc` (test): a logistic regression fitted on the
 training rows from counts a student's window shows before each step (attempts, correct and wrong answers of the
 skill, overall accuracy and attempts, the skill itself). The oracle knows each student's true mastery; a model
 must infer it from the window, and this baseline says how much of the gap a simple well-specified predictor closes.
-Prints one JSON line: `auc`, `oracle_auc`, `bayes_auc` (test), `truth.<source>.<split>.<stat>`,
+Prints one JSON line: `auc`, `oracle_auc`, `bayes_auc`, `window_bayes_auc` (test), `truth.<source>.<split>.<stat>`,
 `truth_all_skills.<split>.<stat>`, the parameters and timings.
 """
 from __future__ import annotations
@@ -128,11 +130,14 @@ def feature_logistic_auc(train, test, num_c: int) -> float:
     return metrics.roc_auc(y_test, fit.predict_proba(x_test)[:, 1])
 
 
-def bayes_auc(sim: dict, ids: np.ndarray, maxlen: int, oracle_auc: float) -> float:
-    """Test AUC of synthetic.bayes_predictive (knows the law and the skill difficulties, infers the student) over
-    the steps the model is scored on: steps 1..n-1 of each window of test_sequences.csv. A window that starts
-    mid-history is given the earlier history too, so this bounds a window-reading model from above. The oracle
-    AUC recomputed on the same steps must equal the measured one: a check that the steps are the same."""
+def bayes_auc(sim: dict, ids: np.ndarray, maxlen: int, oracle_auc: float,
+              reference_ids: np.ndarray) -> tuple[float, float]:
+    """Test AUC of the two Bayes predictors over the steps the model is scored on: steps 1..n-1 of each window of
+    test_sequences.csv. synthetic.bayes_predictive (knows the law and the skill difficulties, infers the student)
+    gives a window that starts mid-history the earlier history too, so it bounds a window-reading model from above;
+    synthetic.window_bayes_predictive reads the window only (the earlier practice of a continued window unknown,
+    with priors from the windows of `reference_ids`, the training students): the best a model of the window can do.
+    The oracle AUC recomputed on the same steps must equal the measured one: a check that the steps are the same."""
     pred = synthetic.bayes_predictive(sim, ids)
     steps = synthetic.student_steps(sim, ids)
     lengths = sim["lengths"][ids]
@@ -144,7 +149,9 @@ def bayes_auc(sim: dict, ids: np.ndarray, maxlen: int, oracle_auc: float) -> flo
     if abs(metrics.roc_auc(y, oracle) - oracle_auc) > 1e-9:
         raise SystemExit(f"bayes_auc: the oracle on its steps is {metrics.roc_auc(y, oracle):.6f}, the measured "
                          f"oracle_auc {oracle_auc:.6f}: the steps differ")
-    return metrics.roc_auc(y, pred[scored])
+    window = synthetic.window_bayes_predictive(sim, ids, maxlen, synthetic.window_priors(sim, reference_ids, maxlen))
+    in_window = np.concatenate([o + np.arange(1, n) for o, n in zip(np.cumsum(length) - length, length)])
+    return metrics.roc_auc(y, pred[scored]), metrics.roc_auc(y, window[in_window])
 
 
 def _stats(x: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor) -> dict:
@@ -226,7 +233,8 @@ def main(argv=None) -> None:
                                             splits["test"], spec.num_c)
             sim = synthetic.simulate_students(args.students, args.skills, args.seed)
             groups = synthetic.split_students(args.students, args.seed)
-            bayes = bayes_auc(sim, groups["test"], params["seq_len"], measured["test"]["oracle_auc"])
+            bayes, window_bayes = bayes_auc(sim, groups["test"], params["seq_len"], measured["test"]["oracle_auc"],
+                                            groups["train_valid"])
             every = {}
             if args.skills <= MAX_ALL_SKILLS and model.mastery_head is not None:
                 valid_rows = _fold_rows(spec, params)
@@ -236,7 +244,7 @@ def main(argv=None) -> None:
                                                     synthetic.all_skill_truth(sim, groups["test"], params["seq_len"]),
                                                     params, device)}
         flat = {"auc": measured["test"]["auc"], "oracle_auc": measured["test"]["oracle_auc"],
-                "feature_logistic_auc": logistic, "bayes_auc": bayes,
+                "feature_logistic_auc": logistic, "bayes_auc": bayes, "window_bayes_auc": window_bayes,
                 "valid_auc": measured["valid"]["auc"], "valid_oracle_auc": measured["valid"]["oracle_auc"]}
         for split, m in measured.items():
             for source, stats in m["truth"].items():
@@ -255,7 +263,8 @@ def main(argv=None) -> None:
             "data": {k: info[k] for k in ("students", "skills", "seed",
                                                                                     "interactions")},
             "measured": measured, "all_skills": every, "peak_rss_mib": peak_rss_kib() / 1024,
-            **{k: v for k, v in flat.items() if k in ("auc", "oracle_auc", "feature_logistic_auc", "bayes_auc")}},
+            **{k: v for k, v in flat.items() if k in ("auc", "oracle_auc", "feature_logistic_auc", "bayes_auc",
+                                                     "window_bayes_auc")}},
             flat)
     finally:
         if tmp is not None:

@@ -129,38 +129,112 @@ def bayes_predictive(sim: dict, ids: np.ndarray, ability_points: int = 81, rate_
     are independent, so each skill keeps the log-likelihood of its own responses on the (a, lambda) grid and the
     ability posterior multiplies their lambda-averages. About 4 s for 200 students x 20 skills.
     """
+    grid = _posterior_grid(ability_points, rate_points)
+    offsets = np.cumsum(sim["lengths"]) - sim["lengths"]
+    out = [_history_predictive(sim["skill"][lo:lo + n], sim["response"][lo:lo + n], sim["difficulty"], grid)
+           for lo, n in zip(offsets[ids], sim["lengths"][ids])]
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def window_priors(sim: dict, ids: np.ndarray, maxlen: int) -> dict:
+    """What the windows (split_windows rows) of students `ids` say about windows that start mid-history, for
+    window_bayes_predictive: `earlier` (E,) and `log_p_earlier` (E,), the distribution of a skill's practices before
+    such a window (pooled over windows and skills), and `continued` (maxlen,), P(a window starts mid-history | it
+    has at least t + 1 steps) for t = 0..maxlen-1 (a causal model reading step t knows no more of the length)."""
+    lengths = sim["lengths"][ids]
+    steps = student_steps(sim, ids)
+    first = np.cumsum(lengths) - lengths
+    student, start, length = split_windows(lengths, maxlen, MIN_SEQ_LEN)
+    k_all = len(sim["difficulty"])
+    mid = np.flatnonzero(start > 0)
+    counts = [np.bincount(sim["skill"][steps[first[s]:first[s] + s0]], minlength=k_all)
+              for s, s0 in zip(student[mid], start[mid])]
+    hist = np.bincount(np.concatenate(counts)) if counts else np.zeros(0, dtype=np.int64)
+    earlier = np.flatnonzero(hist)
+    at_least = (length[:, None] > np.arange(maxlen)).astype(np.float64)  # (windows, maxlen): has step t
+    continued = (at_least[mid].sum(0) / np.maximum(at_least.sum(0), 1.0))
+    return {"earlier": earlier.astype(np.float64), "log_p_earlier": np.log(hist[earlier] / hist.sum()),
+            "continued": continued}
+
+
+def window_bayes_predictive(sim: dict, ids: np.ndarray, maxlen: int, priors: dict, ability_points: int = 61,
+                            rate_points: int = 25) -> np.ndarray:
+    """P(correct) of each step of each window of students `ids` (the rows split_windows makes: test_sequences.csv)
+    given the window's earlier steps only: the Bayes-optimal prediction of a model that reads a window, as every
+    model scored on these files does. Steps of the windows back to back.
+
+    bayes_predictive knows each student's whole history; a window that starts mid-history (a student with more
+    than maxlen steps) hides the earlier practice, which the law counts (n_sk). Here that window's skills start
+    from unknown earlier practice counts with the prior `priors` (window_priors of other students: independent
+    across skills, which ignores that they sum to the window's start), and whether a window continues a history is
+    unknown too: the prediction mixes the two hypotheses (a whole history, or a continuation) by their posterior,
+    from the prior P(continued | at least t + 1 steps) and the likelihood of the window's steps so far. About 15 s
+    for 200 students x 20 skills at the default grid (61 x 25; see bayes_predictive).
+    """
+    grid = _posterior_grid(ability_points, rate_points)
+    lengths = sim["lengths"][ids]
+    steps = student_steps(sim, ids)
+    first = np.cumsum(lengths) - lengths
+    student, start, length = split_windows(lengths, maxlen, MIN_SEQ_LEN)
+    out = []
+    for s, s0, n in zip(student, start, length):
+        idx = steps[first[s] + s0 + np.arange(n)]
+        skills, responses = sim["skill"][idx], sim["response"][idx]
+        whole = _history_predictive(skills, responses, sim["difficulty"], grid)
+        prior = priors["continued"][:n]
+        if len(priors["earlier"]) == 0 or not prior.any():
+            out.append(whole)
+            continue
+        cont = _history_predictive(skills, responses, sim["difficulty"], grid, priors["earlier"],
+                                   priors["log_p_earlier"])
+        evidence = [np.r_[0.0, np.cumsum(np.log(np.where(responses == 1, p, 1.0 - p)))[:-1]] for p in (whole, cont)]
+        with np.errstate(divide="ignore"):
+            log_odds = np.log(prior) - np.log1p(-prior) + evidence[1] - evidence[0]  # of continued, before step t
+        w = 1.0 / (1.0 + np.exp(-log_odds))
+        out.append((1.0 - w) * whole + w * cont)
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def _posterior_grid(ability_points: int, rate_points: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The Bayes predictors' grid: ability points over [-4.5, 4.5] and their N(0, 1) log-density, rate quantiles."""
     from scipy.stats import norm
 
     a = np.linspace(-4.5, 4.5, ability_points)
-    log_prior = norm.logpdf(a)
     rates = RATE_MEDIAN * np.exp(RATE_SIGMA * norm.ppf((np.arange(rate_points) + 0.5) / rate_points))
-    d, k_all = sim["difficulty"], len(sim["difficulty"])
-    offsets = np.cumsum(sim["lengths"]) - sim["lengths"]
-    out = []
-    for s in ids:
-        lo, n = offsets[s], sim["lengths"][s]
-        skills, responses = sim["skill"][lo:lo + n], sim["response"][lo:lo + n]
-        loglik = {}  # skill -> log-likelihood of its responses so far on the (a, lambda) grid
-        log_mean = np.zeros((k_all, ability_points))  # log mean_lambda exp(loglik), per skill
-        total = np.zeros(ability_points)  # sum over skills of log_mean
-        count = np.zeros(k_all, dtype=np.int64)
-        pred = np.empty(n)
-        for t in range(n):
-            k = skills[t]
-            p = GUESS + (1 - GUESS - SLIP) / (1 + np.exp(-(a[:, None] - d[k] + BASE_LOGIT + rates * count[k])))
-            own = loglik.get(k, np.zeros((ability_points, rate_points)))
-            log_w = (log_prior + total - log_mean[k])[:, None] + own
-            w = np.exp(log_w - log_w.max())
-            pred[t] = float((w * p).sum() / w.sum())
-            own = own + np.log(p if responses[t] == 1 else 1.0 - p)
-            loglik[k] = own
-            top = own.max()
-            total -= log_mean[k]
-            log_mean[k] = np.log(np.exp(own - top).mean(1)) + top
-            total += log_mean[k]
-            count[k] += 1
-        out.append(pred)
-    return np.concatenate(out) if out else np.zeros(0)
+    return a, norm.logpdf(a), rates
+
+
+def _history_predictive(skills: np.ndarray, responses: np.ndarray, difficulty: np.ndarray, grid: tuple,
+                        earlier: np.ndarray | None = None, log_p_earlier: np.ndarray | None = None) -> np.ndarray:
+    """P(correct) of each step of one history from its earlier steps, by the posterior on the (ability, rate,
+    earlier practices) grid. earlier (E,) with prior log_p_earlier (E,): the practices of each skill before the
+    history began, unknown and independent across skills; None: none (the history is the whole history)."""
+    a, log_prior, rates = grid
+    if earlier is None:
+        earlier, log_p_earlier = np.zeros(1), np.zeros(1)
+    k_all = len(difficulty)
+    start = np.broadcast_to(log_p_earlier, (len(a), len(rates), len(earlier)))
+    loglik = {}  # skill -> log-likelihood of its responses so far (+ the log prior of earlier) on the grid
+    log_mean = np.zeros((k_all, len(a)))  # log E_{lambda, earlier} exp(loglik), per skill (0 before its first step)
+    total = np.zeros(len(a))  # sum over skills of log_mean
+    count = np.zeros(k_all, dtype=np.int64)
+    pred = np.empty(len(skills))
+    for t in range(len(skills)):
+        k = skills[t]
+        logit = a[:, None, None] - difficulty[k] + BASE_LOGIT + rates[:, None] * (earlier + count[k])
+        p = GUESS + (1 - GUESS - SLIP) / (1 + np.exp(-logit))
+        own = loglik.get(k, start)
+        log_w = (log_prior + total - log_mean[k])[:, None, None] + own
+        w = np.exp(log_w - log_w.max())
+        pred[t] = float((w * p).sum() / w.sum())
+        own = own + np.log(p if responses[t] == 1 else 1.0 - p)
+        loglik[k] = own
+        top = own.max()
+        total -= log_mean[k]
+        log_mean[k] = np.log(np.exp(own - top).sum((1, 2)) / len(rates)) + top
+        total += log_mean[k]
+        count[k] += 1
+    return pred
 
 
 def generate_synthetic(out_dir: Path, students: int, skills: int, seed: int, maxlen: int) -> dict:

@@ -43,4 +43,7 @@ def test_the_acceptance_run_reports_model_and_oracle_auc_and_every_skill(accepta
     # the Bayes-optimal prediction from the history: above the count regression and the model, below the oracle
     assert max(acceptance["feature_logistic_auc"], acceptance["auc"]) < acceptance["bayes_auc"] \
         < acceptance["oracle_auc"]
+    # the Bayes-optimal prediction from the window alone: above both, below the one that sees the whole history
+    assert max(acceptance["feature_logistic_auc"], acceptance["auc"]) < acceptance["window_bayes_auc"] \
+        < acceptance["bayes_auc"]
     assert acceptance["truth_all_skills.test.within"] >= 0.75

@@ -158,3 +158,55 @@ def test_the_bayes_prediction_ranks_between_the_practice_count_and_the_oracle():
     bayes, oracle = metrics.roc_auc(y, pred), metrics.roc_auc(y, truth)
     counter = metrics.roc_auc(y, sim["practice"] + 1e-6 * np.arange(len(y)) / len(y))
     assert counter < bayes < oracle, (counter, bayes, oracle)
+
+
+def test_window_priors_count_the_practice_a_continued_window_hides_and_how_often_windows_continue():
+    from gainakt3exp.synthetic import window_priors
+
+    # one student, 7 steps, windows of 3: [0, 3) and [3, 6) (the remainder of 1 step is dropped, as in pyKT)
+    sim = {"difficulty": np.zeros(2), "lengths": np.array([7]), "skill": np.array([0, 0, 1, 1, 1, 0, 0]),
+           "response": np.ones(7, dtype=int)}
+    got = window_priors(sim, np.array([0]), 3)
+    # the window at 3 follows skill 0 twice and skill 1 once: earlier counts 2 and 1, each half of the pairs
+    assert got["earlier"].tolist() == [1.0, 2.0] and np.allclose(np.exp(got["log_p_earlier"]), [0.5, 0.5])
+    assert np.allclose(got["continued"], [0.5, 0.5, 0.5])  # one of the two windows, whatever the step
+
+
+def test_the_window_bayes_prediction_of_whole_histories_is_the_history_bayes_prediction():
+    """No history is longer than a window (maxlen 400 = LENGTH_MAX): no window continues, nothing is hidden."""
+    from gainakt3exp import synthetic as s
+
+    sim = simulate_students(40, 4, seed=3)
+    ids = np.arange(40)
+    priors = s.window_priors(sim, ids, 400)
+    assert not priors["continued"].any()
+    window = s.window_bayes_predictive(sim, ids, 400, priors, ability_points=21, rate_points=9)
+    assert np.array_equal(window, s.bayes_predictive(sim, ids, ability_points=21, rate_points=9))
+
+
+def test_the_window_bayes_prediction_infers_the_practice_a_continued_window_hides():
+    """Windows of 30 steps: most rows continue a history. Reading the window only, the mixture over 'a whole
+    history' and 'a continuation from unknown earlier practice' predicts the continued windows better than taking
+    every window as a whole history, and no better than bayes_predictive, which sees the hidden steps."""
+    from gainakt3exp import metrics, synthetic as s
+    from gainakt3exp.layout import split_windows
+
+    sim = simulate_students(160, 4, seed=11)
+    train, test = np.arange(80), np.arange(80, 160)
+    priors = s.window_priors(sim, train, 30)
+    whole_only = dict(priors, continued=np.zeros_like(priors["continued"]))
+    grid = {"ability_points": 21, "rate_points": 9}
+    mixed = s.window_bayes_predictive(sim, test, 30, priors, **grid)
+    whole = s.window_bayes_predictive(sim, test, 30, whole_only, **grid)
+    history = s.bayes_predictive(sim, test, **grid)
+    lengths = sim["lengths"][test]
+    student, start, length = split_windows(lengths, 30, s.MIN_SEQ_LEN)
+    first = np.cumsum(lengths) - lengths
+    scored = np.concatenate([first[i] + s0 + np.arange(1, n) for i, s0, n in zip(student, start, length)])
+    in_window = np.concatenate([o + np.arange(1, n) for o, n in zip(np.cumsum(length) - length, length)])
+    continued = np.concatenate([np.full(n - 1, s0 > 0) for s0, n in zip(start, length)])
+    y = sim["response"][s.student_steps(sim, test)][scored]
+    assert continued.mean() > 0.5
+    auc = {name: metrics.roc_auc(y[continued], p[continued]) for name, p in
+           (("mixed", mixed[in_window]), ("whole", whole[in_window]), ("history", history[scored]))}
+    assert auc["whole"] < auc["mixed"] < auc["history"], auc
