@@ -14,7 +14,10 @@ every valid step. attention_bias alibi adds -slope_h * (t - tau) to head h's sco
 slopes 2^(-8h/H), h = 1..H): a recency prior, like AKT's attention that decays with distance; none (the seed)
 adds nothing. query_embedding: the prediction head reads the next concept c_{t+1} through its own embedding
 (own, the seed) or through the context or value stream's concept embedding, the same weights (AKT shares one
-question embedding between its encoders and its prediction). Outputs are float32 even under bf16 autocast.
+question embedding between its encoders and its prediction). shared_gain: the gain head's weights are each skill's
+own plus one part shared by every skill (W_k + u), so rarely practised skills learn from every skill's steps;
+mastery_head_init_scale scales the mastery head's initial weights (not its bias). Outputs are float32 even under
+bf16 autocast.
 """
 from __future__ import annotations
 
@@ -46,6 +49,8 @@ MODEL_PARAM_KEYS = (
     "mastery_link",
     "mastery_in_prediction",
     "gain_head_init_scale",
+    "mastery_head_init_scale",
+    "shared_gain",
 )
 
 #: qid: one vector per (concept, response) token (the seed); concept_plus_response: e(c) + e_r(r) (AKT, SPEC §11)
@@ -170,6 +175,8 @@ class GainAKT3Exp(nn.Module):
         mastery_link: str,
         mastery_in_prediction: str,
         gain_head_init_scale: float,
+        mastery_head_init_scale: float,
+        shared_gain: bool,
     ):
         super().__init__()
         _check_architecture(num_c, seq_len, d_model, n_heads, num_encoder_blocks, d_ff, dropout, emb_type,
@@ -184,6 +191,8 @@ class GainAKT3Exp(nn.Module):
         if mastery_link not in MASTERY_LINKS or (mastery_link == "logistic" and gain_scope != "practised_skill"):
             problems.append(f"mastery_link={mastery_link!r}: use one of {', '.join(MASTERY_LINKS)} (logistic needs "
                             "gain_scope practised_skill)")
+        if shared_gain and not use_gain_head:
+            problems.append("shared_gain=True needs use_gain_head true (it shares the gain head's weights)")
         if problems:
             raise ConfigError("invalid model configuration: " + "; ".join(problems))
         self.mastery_in_prediction = mastery_in_prediction
@@ -223,6 +232,17 @@ class GainAKT3Exp(nn.Module):
                 self.gain_head.weight.mul_(gain_head_init_scale)
                 self.gain_head.bias.mul_(gain_head_init_scale)
         self.mastery_head = nn.Linear(d_model, num_c) if use_mastery_head else None
+        if self.mastery_head is not None and mastery_head_init_scale != 1.0:  # 1.0: PyTorch's init (the seed)
+            with torch.no_grad():
+                self.mastery_head.weight.mul_(mastery_head_init_scale)  # the bias keeps a per-skill m_0
+        # shared_gain: the gain head's effective weights are W_k + u, b_k + b_u (see _gain_weights); made last, so
+        # that without it every other weight starts as before
+        self.shared_gain_head = None
+        if shared_gain:
+            self.shared_gain_head = nn.Linear(d_model, 1)
+            with torch.no_grad():
+                self.shared_gain_head.weight.mul_(gain_head_init_scale)
+                self.shared_gain_head.bias.mul_(gain_head_init_scale)
 
     @classmethod
     def from_params(cls, params: dict, num_c: int) -> "GainAKT3Exp":
@@ -299,7 +319,7 @@ class GainAKT3Exp(nn.Module):
 
         gains = None
         if gain_head is not None:
-            gains = gain_head(v).float().relu_()  # g (B, L, C)
+            gains = F.linear(v, *self._gain_weights()).float().relu_()  # g (B, L, C)
 
         mastery = None
         if mastery_head is not None:
@@ -327,8 +347,17 @@ class GainAKT3Exp(nn.Module):
 
     def _practised_gain(self, v: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """g_t[c_t] = ReLU(W[c_t] . v_t + b[c_t]) (B, L): the gain head's row of the practised skill only."""
-        w = F.embedding(c, self.gain_head.weight)  # (B, L, D)
-        return F.relu((w * v).sum(-1) + self.gain_head.bias[c]).float()
+        weight, bias = self._gain_weights()
+        w = F.embedding(c, weight)  # (B, L, D)
+        return F.relu((w * v).sum(-1) + bias[c]).float()
+
+    def _gain_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The gain head's weight (C, D) and bias (C,): its own, or with shared_gain its own plus the shared part
+        (u, b_u) broadcast to every skill, so g_t[k] = ReLU((W_k + u) . v_t + b_k + b_u)."""
+        if self.shared_gain_head is None:
+            return self.gain_head.weight, self.gain_head.bias
+        return (self.gain_head.weight + self.shared_gain_head.weight,
+                self.gain_head.bias + self.shared_gain_head.bias)
 
     @staticmethod
     def _mastery_logit(m_q: torch.Tensor) -> torch.Tensor:
@@ -350,7 +379,7 @@ class GainAKT3Exp(nn.Module):
             return ModelOutput(logits=z, mastery=None, gains=None, steps=steps)
         if gain_head is not None:
             m0 = torch.sigmoid(mastery_head(h[:, 0]).float()) if mastery_head is not None else None  # m_0 (B, C)
-            steps = cumulative_steps(v, gain_head.weight, gain_head.bias, m0, c, q, self.mastery_gain_scale,
+            steps = cumulative_steps(v, *self._gain_weights(), m0, c, q, self.mastery_gain_scale,
                                      with_mastery=mastery_head is not None)
             return ModelOutput(logits=z, mastery=None, gains=None, steps=steps)
         if mastery_head is not None:

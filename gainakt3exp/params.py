@@ -245,6 +245,7 @@ _POSITIVE = [
     "epochs", "batch_size", "learning_rate", "patience", "d_model", "n_heads", "num_encoder_blocks", "d_ff",
     "mastery_gain_scale", "max_semantic_students", "alignment_residual_window", "alignment_global_students",
     "consistency_rebalance_epoch", "variance_floor_patience", "max_correlation_students", "gain_head_init_scale",
+    "mastery_head_init_scale",
 ]
 
 
@@ -280,6 +281,9 @@ def check_params(p: Mapping[str, Any]) -> list[str]:
     elif p["mastery_in_prediction"] != "none" and not p["use_mastery_head"]:
         problems.append(f"mastery_in_prediction={p['mastery_in_prediction']} needs use_mastery_head true: set "
                         "mastery_in_prediction none or use_mastery_head true")
+    if p["shared_gain"] and not p["use_gain_head"]:
+        problems.append("shared_gain=true shares the gain head's weights between skills, but use_gain_head is false: "
+                        "set shared_gain false or use_gain_head true")
     if p["gain_scope"] not in ("all_skills", "practised_skill"):
         problems.append(f"gain_scope={p['gain_scope']!r}: must be all_skills or practised_skill")
     if p["mastery_link"] not in ("clamp", "logistic"):

@@ -19,7 +19,7 @@ def _model(**overrides) -> GainAKT3Exp:
     kwargs = dict(num_c=C, seq_len=L + 1, d_model=16, n_heads=2, num_encoder_blocks=2, d_ff=24, dropout=0.1,
                   emb_type="qid", attention_bias="none", query_embedding="own", use_mastery_head=True,
                   use_gain_head=True, mastery_gain_scale=0.1, gain_scope="all_skills", mastery_link="clamp", mastery_in_prediction="none",
-                  gain_head_init_scale=1.0)
+                  gain_head_init_scale=1.0, mastery_head_init_scale=1.0, shared_gain=False)
     kwargs.update(overrides)
     return GainAKT3Exp(**kwargs).eval()
 
@@ -368,3 +368,50 @@ def test_a_shared_query_embedding_needs_one_row_per_concept():
         _model(query_embedding="value")  # qid: one row per concept-response token
     with pytest.raises(ConfigError, match="query_embedding='stream'"):
         _model(emb_type="concept_plus_response", query_embedding="stream")
+
+
+def test_mastery_head_init_scale_scales_the_mastery_heads_initial_weights_not_its_bias():
+    torch.manual_seed(0)
+    default = _model()
+    torch.manual_seed(0)
+    small = _model(mastery_head_init_scale=0.01)
+    torch.testing.assert_close(small.mastery_head.weight, 0.01 * default.mastery_head.weight)
+    torch.testing.assert_close(small.mastery_head.bias, default.mastery_head.bias, rtol=0, atol=0)
+    torch.testing.assert_close(small.gain_head.weight, default.gain_head.weight, rtol=0, atol=0)  # nothing else
+
+
+@pytest.mark.parametrize("scope", ["all_skills", "practised_skill"])
+def test_a_shared_gain_adds_one_part_to_every_skills_gain_weights_and_learns_from_every_skill(scope):
+    """shared_gain: g_t[k] = ReLU((W_k + u) . v_t + b_k + b_u); every other weight starts as without it (the shared
+    part is made last), the full and the reduced (training) pass agree, and a step of one skill trains u."""
+    torch.manual_seed(0)
+    own = _model(gain_scope=scope)
+    torch.manual_seed(0)
+    shared = _model(gain_scope=scope, shared_gain=True, gain_head_init_scale=0.5)
+    torch.manual_seed(0)
+    half = _model(gain_scope=scope, gain_head_init_scale=0.5)
+    for key, value in own.state_dict().items():
+        expected = half.state_dict()[key]  # the gain head scaled as asked, the rest as without the shared part
+        torch.testing.assert_close(shared.state_dict()[key], expected, rtol=0, atol=0)
+    assert set(shared.state_dict()) - set(own.state_dict()) == {"shared_gain_head.weight", "shared_gain_head.bias"}
+    c, r, q = _inputs()
+    got = {}
+    shared.blocks[-1].register_forward_hook(lambda mod, args, out: got.update(v=out[1]))
+    with torch.no_grad():
+        full = shared(c, r, q)
+        v, u = got["v"], shared.shared_gain_head
+        by_hand = torch.relu(v @ (shared.gain_head.weight + u.weight).t() + shared.gain_head.bias + u.bias)
+        if scope == "practised_skill":  # the gain reaches the practised skill only
+            by_hand = torch.zeros_like(by_hand).scatter_(2, c.unsqueeze(-1), by_hand.gather(2, c.unsqueeze(-1)))
+        torch.testing.assert_close(full.gains, by_hand, rtol=1e-5, atol=1e-6)
+        reduced = shared(c, r, q, reduced=True).steps
+        torch.testing.assert_close(reduced.mastery_at_q, full.mastery.gather(2, q.unsqueeze(-1)).squeeze(-1),
+                                   rtol=1e-5, atol=1e-6)
+    one = torch.zeros_like(c)  # every step practises skill 0
+    shared.train()
+    shared(one, r, one, reduced=True).steps.gain_at_c.sum().backward()  # reads skill 0 only
+    assert shared.shared_gain_head.weight.grad.abs().sum() > 0
+    assert shared.gain_head.weight.grad[1:].abs().sum() == 0  # the other skills' own parts get nothing
+    with pytest.raises(ConfigError, match="shared_gain=True needs use_gain_head true"):
+        _model(shared_gain=True, use_gain_head=False)
+

@@ -19,7 +19,7 @@ from gainakt3exp.params import (
 def test_defaults_file_md5_matches_its_defaults():
     raw = json.loads((CONFIG_DIR / "parameter_default.json").read_text())
     assert raw["md5"] == defaults_md5(raw["defaults"])
-    assert len(raw["defaults"]) == 73
+    assert len(raw["defaults"]) == 75
 
 
 def test_defaults_match_the_spec_values_that_the_original_docs_got_wrong():
@@ -178,3 +178,13 @@ def test_a_shared_query_embedding_is_refused_without_concept_embeddings_and_unkn
 def test_an_unknown_attention_bias_is_refused_with_the_choices():
     with pytest.raises(ConfigError, match="attention_bias='rope': must be none .* or alibi"):
         resolve_params({"attention_bias": "rope"})
+
+
+def test_a_shared_gain_needs_the_gain_head_and_the_mastery_init_scale_must_be_positive():
+    with pytest.raises(ConfigError, match="shared_gain=true shares the gain head's weights between skills, but "
+                                          "use_gain_head is false: set shared_gain false or use_gain_head true"):
+        resolve_params({"shared_gain": True, "use_gain_head": False})
+    with pytest.raises(ConfigError, match="mastery_head_init_scale=0.0: must be > 0"):
+        resolve_params({"mastery_head_init_scale": 0.0})
+    p = resolve_params({"shared_gain": True, "mastery_head_init_scale": 0.01}).params
+    assert p["shared_gain"] is True and p["mastery_head_init_scale"] == 0.01
