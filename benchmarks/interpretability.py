@@ -60,15 +60,19 @@ MAX_ALL_SKILLS = 100
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--students", type=int, default=ACCEPTANCE["students"])
-    parser.add_argument("--skills", type=int, default=ACCEPTANCE["skills"])
+    parser.add_argument("--students", type=int, default=ACCEPTANCE["students"],
+                        help=f"synthetic students (default {ACCEPTANCE['students']}; the many-skill preset: 800)")
+    parser.add_argument("--skills", type=int, default=ACCEPTANCE["skills"],
+                        help=f"skills (default {ACCEPTANCE['skills']}; up to 20: data set synthetic, 21 to 1,200: synthetic_many)")
     parser.add_argument("--seed", type=int, default=ACCEPTANCE["seed"], help="seed of the synthetic students")
     parser.add_argument("--profile", action="append", default=None, metavar="NAME",
                         help=f"parameter profile (repeatable; default {ACCEPTANCE['profile']})")
     parser.add_argument("--epochs", type=int, default=None, help="epochs (default: the profile's)")
-    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="parameter override (repeatable), applied after the profiles and --epochs")
     parser.add_argument("--data_root", default=None, help="where to write the students (default: a tmp folder)")
-    parser.add_argument("--threads", type=int, default=machine_cores())
+    parser.add_argument("--threads", type=int, default=machine_cores(),
+                        help="torch intra-op CPU threads (default: the cores this process may use)")
     return parser.parse_args(argv)
 
 
