@@ -236,7 +236,7 @@ class GainAKT3Exp(nn.Module):
             with torch.no_grad():
                 self.mastery_head.weight.mul_(mastery_head_init_scale)  # the bias keeps a per-skill m_0
         # shared_gain: the gain head's effective weights are W_k + u, b_k + b_u (see _gain_weights); made last, so
-        # that without it every other weight starts as before
+        # that without it every other weight starts as before, and started like the gain head (gain_head_init_scale)
         self.shared_gain_head = None
         if shared_gain:
             self.shared_gain_head = nn.Linear(d_model, 1)

@@ -141,14 +141,10 @@ def window_priors(sim: dict, ids: np.ndarray, maxlen: int) -> dict:
     window_bayes_predictive: `earlier` (E,) and `log_p_earlier` (E,), the distribution of a skill's practices before
     such a window (pooled over windows and skills), and `continued` (maxlen,), P(a window starts mid-history | it
     has at least t + 1 steps) for t = 0..maxlen-1 (a causal model reading step t knows no more of the length)."""
-    lengths = sim["lengths"][ids]
-    steps = student_steps(sim, ids)
-    first = np.cumsum(lengths) - lengths
-    student, start, length = split_windows(lengths, maxlen, MIN_SEQ_LEN)
+    at, start, length = _windows(sim, ids, maxlen)
     k_all = len(sim["difficulty"])
     mid = np.flatnonzero(start > 0)
-    counts = [np.bincount(sim["skill"][steps[first[s]:first[s] + s0]], minlength=k_all)
-              for s, s0 in zip(student[mid], start[mid])]
+    counts = [np.bincount(sim["skill"][w0 - s0:w0], minlength=k_all) for w0, s0 in zip(at[mid], start[mid])]
     hist = np.bincount(np.concatenate(counts)) if counts else np.zeros(0, dtype=np.int64)
     earlier = np.flatnonzero(hist)
     at_least = (length[:, None] > np.arange(maxlen)).astype(np.float64)  # (windows, maxlen): has step t
@@ -172,14 +168,9 @@ def window_bayes_predictive(sim: dict, ids: np.ndarray, maxlen: int, priors: dic
     for 200 students x 20 skills at the default grid (61 x 25; see bayes_predictive).
     """
     grid = _posterior_grid(ability_points, rate_points)
-    lengths = sim["lengths"][ids]
-    steps = student_steps(sim, ids)
-    first = np.cumsum(lengths) - lengths
-    student, start, length = split_windows(lengths, maxlen, MIN_SEQ_LEN)
     out = []
-    for s, s0, n in zip(student, start, length):
-        idx = steps[first[s] + s0 + np.arange(n)]
-        skills, responses = sim["skill"][idx], sim["response"][idx]
+    for w0, n in zip(*_windows(sim, ids, maxlen)[::2]):
+        skills, responses = sim["skill"][w0:w0 + n], sim["response"][w0:w0 + n]
         whole = _history_predictive(skills, responses, sim["difficulty"], grid)
         prior = priors["continued"][:n]
         if len(priors["earlier"]) == 0 or not prior.any():
@@ -193,6 +184,14 @@ def window_bayes_predictive(sim: dict, ids: np.ndarray, maxlen: int, priors: dic
         w = 1.0 / (1.0 + np.exp(-log_odds))
         out.append((1.0 - w) * whole + w * cont)
     return np.concatenate(out) if out else np.zeros(0)
+
+
+def _windows(sim: dict, ids: np.ndarray, maxlen: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The windows split_windows makes of students `ids`: the index in sim's per-step arrays of each window's first
+    step (a student's steps are contiguous there), its start within the student's history, and its length."""
+    offsets = np.cumsum(sim["lengths"]) - sim["lengths"]
+    student, start, length = split_windows(sim["lengths"][ids], maxlen, MIN_SEQ_LEN)
+    return offsets[ids][student] + start, start, length
 
 
 def _posterior_grid(ability_points: int, rate_points: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -287,14 +287,22 @@ def test_concept_plus_response_embeds_a_step_as_a_concept_vector_plus_a_response
     assert _model().context_emb.num_embeddings == 2 * C
 
 
-def test_gain_head_init_scale_scales_pytorchs_initial_weights_only():
+@pytest.mark.parametrize("head, other, bias_scaled", [("gain", "mastery", True), ("mastery", "gain", False)])
+def test_an_init_scale_scales_pytorchs_initial_weights_of_its_own_head_only(head, other, bias_scaled):
+    """gain_head_init_scale scales the gain head's weights and bias; mastery_head_init_scale the mastery head's
+    weights, not its bias (m_0 starts as one value per skill); nothing else moves."""
     torch.manual_seed(0)
     default = _model()
     torch.manual_seed(0)
-    small = _model(gain_head_init_scale=0.01)
-    torch.testing.assert_close(small.gain_head.weight, 0.01 * default.gain_head.weight)
-    torch.testing.assert_close(small.gain_head.bias, 0.01 * default.gain_head.bias)
-    torch.testing.assert_close(small.mastery_head.weight, default.mastery_head.weight)  # nothing else moves
+    small = _model(**{f"{head}_head_init_scale": 0.01})
+    mine, theirs = getattr(small, f"{head}_head"), getattr(default, f"{head}_head")
+    torch.testing.assert_close(mine.weight, 0.01 * theirs.weight)
+    if bias_scaled:
+        torch.testing.assert_close(mine.bias, 0.01 * theirs.bias)
+    else:
+        torch.testing.assert_close(mine.bias, theirs.bias, rtol=0, atol=0)
+    torch.testing.assert_close(getattr(small, f"{other}_head").weight, getattr(default, f"{other}_head").weight,
+                               rtol=0, atol=0)
 
 
 def test_alibi_subtracts_a_per_head_slope_times_the_distance_from_the_attention_scores():
@@ -368,16 +376,6 @@ def test_a_shared_query_embedding_needs_one_row_per_concept():
         _model(query_embedding="value")  # qid: one row per concept-response token
     with pytest.raises(ConfigError, match="query_embedding='stream'"):
         _model(emb_type="concept_plus_response", query_embedding="stream")
-
-
-def test_mastery_head_init_scale_scales_the_mastery_heads_initial_weights_not_its_bias():
-    torch.manual_seed(0)
-    default = _model()
-    torch.manual_seed(0)
-    small = _model(mastery_head_init_scale=0.01)
-    torch.testing.assert_close(small.mastery_head.weight, 0.01 * default.mastery_head.weight)
-    torch.testing.assert_close(small.mastery_head.bias, default.mastery_head.bias, rtol=0, atol=0)
-    torch.testing.assert_close(small.gain_head.weight, default.gain_head.weight, rtol=0, atol=0)  # nothing else
 
 
 @pytest.mark.parametrize("scope", ["all_skills", "practised_skill"])
