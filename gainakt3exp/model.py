@@ -103,7 +103,26 @@ class _Dropout(nn.Module):
         # 64 random bits per word (the full int64 range), read as four int16 values
         words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(1 << 63), None)
         u16 = words.view(torch.int16)[:n].view(x.shape)
-        return x * (u16 >= self.threshold) * self.scale
+        return _DropScale.apply(x, u16 < self.threshold, self.scale)
+
+
+class _DropScale(torch.autograd.Function):
+    """x * scale with the `drop` cells set to 0, forward and backward (grad * scale, dropped cells 0).
+
+    The values of x * keep * scale (keep = ~drop as 0/1), in two passes instead of four: multiplying by a bool
+    tensor converts it to a float tensor first, then multiplies twice; a product by 1 is exact, so every kept
+    value is the same float and the dropped ones are 0 (tests/test_model.py checks both passes bitwise)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, drop: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.save_for_backward(drop)
+        ctx.scale = scale
+        return x.mul(scale).masked_fill_(drop, 0.0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (drop,) = ctx.saved_tensors
+        return grad.mul(ctx.scale).masked_fill_(drop, 0.0), None, None
 
 
 class _EncoderBlock(nn.Module):

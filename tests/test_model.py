@@ -211,6 +211,28 @@ def test_dropout_edges_zero_odd_sizes_and_near_one():
     assert near_one.dropped_levels == 65535 and torch.isfinite(near_one(torch.ones(1000))).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_equals_the_product_with_its_mask_bitwise_forward_and_backward(dtype):
+    """_DropScale gives x * keep * scale (keep = the 0/1 mask, the formula of earlier runs) to the bit, and its
+    gradient grad * scale * keep: earlier runs still reproduce identical."""
+    from gainakt3exp.model import _Dropout
+
+    drop = _Dropout(0.2).train()
+    x = torch.randn(37, 29).to(dtype).requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    grad = torch.randn(37, 29).to(dtype)
+    torch.manual_seed(3)
+    y = drop(x)
+    torch.manual_seed(3)  # the same draws, the mask rebuilt as the formula of earlier runs did
+    words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_(-(1 << 63), None)
+    keep = words.view(torch.int16)[:x.numel()].view(x.shape) >= drop.threshold
+    y_ref = x_ref * keep * drop.scale
+    y.backward(grad)
+    y_ref.backward(grad)
+    assert y.dtype == dtype and torch.equal(y, y_ref) and torch.equal(x.grad, x_ref.grad)
+    assert 0 < int((y == 0).sum()) < y.numel()
+
+
 @pytest.mark.parametrize("steps", [L, 1])  # B*L >= C: the lookup table; B*1 < C: the concatenation
 def test_split_prediction_head_equals_the_linear_on_the_concatenation(steps):
     """_predict computes Linear(3D, d_ff) on [h, v, concept_emb(q)] with the concept part as a lookup table."""
