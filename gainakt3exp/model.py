@@ -109,9 +109,10 @@ class _Dropout(nn.Module):
 class _DropScale(torch.autograd.Function):
     """x * scale with the `drop` cells set to 0, forward and backward (grad * scale, dropped cells 0).
 
-    The values of x * keep * scale (keep = ~drop as 0/1), in two passes instead of four: multiplying by a bool
-    tensor converts it to a float tensor first, then multiplies twice; a product by 1 is exact, so every kept
-    value is the same float and the dropped ones are 0 (tests/test_model.py checks both passes bitwise)."""
+    The values of x * keep * scale (keep = ~drop as 0/1, the formula of earlier runs), in two passes instead of
+    four: multiplying by a bool tensor converts it to a float tensor first, then multiplies twice. A product by 1
+    is exact, so every kept value is the same float; a dropped cell is +0.0 where a negative x gave -0.0, equal
+    as a value, which no later operation tells apart (tests/test_model.py checks both passes)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, drop: torch.Tensor, scale: float) -> torch.Tensor:
