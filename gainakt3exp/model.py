@@ -103,27 +103,11 @@ class _Dropout(nn.Module):
         # 64 random bits per word (the full int64 range), read as four int16 values
         words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(1 << 63), None)
         u16 = words.view(torch.int16)[:n].view(x.shape)
-        return _DropScale.apply(x, u16 < self.threshold, self.scale)
-
-
-class _DropScale(torch.autograd.Function):
-    """x * scale with the `drop` cells set to 0, forward and backward (grad * scale, dropped cells 0).
-
-    The values of x * keep * scale (keep = ~drop as 0/1, the formula of earlier runs), in two passes instead of
-    four: multiplying by a bool tensor converts it to a float tensor first, then multiplies twice. A product by 1
-    is exact, so every kept value is the same float; a dropped cell is +0.0 where a negative x gave -0.0, equal
-    as a value, which no later operation tells apart (tests/test_model.py checks both passes)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, drop: torch.Tensor, scale: float) -> torch.Tensor:
-        ctx.save_for_backward(drop)
-        ctx.scale = scale
-        return x.mul(scale).masked_fill_(drop, 0.0)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (drop,) = ctx.saved_tensors
-        return grad.mul(ctx.scale).masked_fill_(drop, 0.0), None, None
+        # x * scale with the dropped cells set to 0, in place on the product (autograd's masked_fill_ backward
+        # does the same to the gradient): two passes instead of the four of x * keep * scale, whose bool mask is
+        # first converted to a float tensor. A product by 1 is exact, so every kept value is that formula's float;
+        # a dropped cell is +0.0 where a negative x gave -0.0, equal as a value (tests/test_model.py).
+        return x.mul(self.scale).masked_fill_(u16 < self.threshold, 0.0)
 
 
 class _EncoderBlock(nn.Module):

@@ -213,7 +213,7 @@ def test_dropout_edges_zero_odd_sizes_and_near_one():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_dropout_equals_the_product_with_its_mask_bitwise_forward_and_backward(dtype):
-    """_DropScale gives the values of x * keep * scale (keep = the 0/1 mask, the formula of earlier runs), and its
+    """Dropout gives the values of x * keep * scale (keep = the 0/1 mask, the formula of earlier runs), and its
     gradient grad * scale * keep: earlier runs still reproduce identical. (torch.equal compares values: a dropped
     negative cell is +0.0 now, -0.0 before.)"""
     from gainakt3exp.model import _Dropout
