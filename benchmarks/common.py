@@ -16,6 +16,7 @@ process CPU seconds beside the wall seconds, and the machine's float32 matrix-pr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -23,7 +24,6 @@ import platform
 import resource
 import sys
 import time
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,13 +34,15 @@ if str(PROJECT_ROOT) not in sys.path:  # `python benchmarks/x.py` from a checkou
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from gainakt3exp import data as data_mod  # noqa: E402
-from gainakt3exp import train as train_mod  # noqa: E402
+from gainakt3exp.config.params import load_profile, resolve_params  # noqa: E402
+from gainakt3exp.data import sequences as data_mod  # noqa: E402
 from gainakt3exp.errors import GaktError  # noqa: E402
-from gainakt3exp.losses import FIXED_CONSTANTS, Objective  # noqa: E402
-from gainakt3exp.model import GainAKT3Exp  # noqa: E402
-from gainakt3exp.params import load_profile, resolve_params  # noqa: E402
-from gainakt3exp.tracking import MemorySink  # noqa: E402
+from gainakt3exp.loops import runtime as runtime_mod  # noqa: E402
+from gainakt3exp.loops import train
+from gainakt3exp.loops.sink import MemorySink  # noqa: E402
+from gainakt3exp.model.network import GainAKT3Exp  # noqa: E402
+from gainakt3exp.objective.controller import Objective  # noqa: E402
+from gainakt3exp.objective.terms import FIXED_CONSTANTS
 
 #: The issue's reference model: the defaults except a model a 2-core CPU trains in about a minute per epoch.
 BENCH_OVERRIDES = {"d_model": "256", "num_encoder_blocks": "1"}
@@ -244,13 +246,13 @@ class Training:
 def build_training(params: dict) -> Training:
     """Seed and switch on deterministic algorithms (train.seed_everything), load the data from the parsed-array
     cache (train.load_train_data), build model, optimizer and objective as train.train_model does."""
-    device = train_mod.resolve_device(params["device"])
-    runtime = train_mod.seed_everything(params, device)
+    device = runtime_mod.resolve_device(params["device"])
+    runtime = runtime_mod.seed_everything(params, device)
     start = time.perf_counter()
-    data = train_mod.load_train_data(params)
+    data = train.load_train_data(params)
     load_seconds = time.perf_counter() - start
     model = GainAKT3Exp.from_params(params, data.spec.num_c).to(device)
-    return Training(device, runtime, data, model, train_mod.build_optimizer(model, params), Objective(params),
+    return Training(device, runtime, data, model, train.build_optimizer(model, params), Objective(params),
                     load_seconds)
 
 
@@ -262,7 +264,7 @@ def train_epoch(tr: Training, params: dict, seqs, seed: int):
     in-memory sink: (epoch statistics, batches, sink)."""
     generator = torch.Generator().manual_seed(seed)
     sink = MemorySink()
-    stats, steps = train_mod._train_epoch(tr.model, tr.objective, tr.optimizer, seqs, params, tr.device, generator,
+    stats, steps = train._train_epoch(tr.model, tr.objective, tr.optimizer, seqs, params, tr.device, generator,
                                           sink, 0, no_progress)
     return stats, steps, sink
 

@@ -21,12 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import DEFAULT_DATA_ROOT, Bench, Timer, emit, machine_cores, run
 from torch import nn
 
-from common import DEFAULT_DATA_ROOT, Bench, Timer, emit, machine_cores, run
-from gainakt3exp import data as data_mod
-from gainakt3exp import metrics, synthetic
-from gainakt3exp.train import resolve_data_root
+from gainakt3exp.data import sequences as data_mod
+from gainakt3exp.data import synthetic
+from gainakt3exp.data.registry import resolve_data_root
+from gainakt3exp.metrics import stats
 
 
 class DKT(nn.Module):
@@ -80,7 +81,7 @@ def evaluate(model: DKT, seqs, batch_size: int) -> float:
             ys.append(batch.y[batch.score].numpy())
             ps.append(torch.sigmoid(z[batch.score]).numpy())
     model.train()
-    return metrics.roc_auc(np.concatenate(ys), np.concatenate(ps))
+    return stats.roc_auc(np.concatenate(ys), np.concatenate(ps))
 
 
 def main(argv=None) -> None:

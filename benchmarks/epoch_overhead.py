@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/epoch_overhead.py --batches 40      # a quick look (the % is also projected)
     .venv/bin/python benchmarks/epoch_overhead.py --epochs 2        # one JSON line per epoch
 
-Runs gainakt3exp.train.train_model itself, logging to a real local MLflow store (tracking.MlflowSink on
+Runs gainakt3exp.loops.train.train_model itself, logging to a real local MLflow store (tracking.MlflowSink on
 sqlite:///<tmp>/mlflow.db, artifacts beside it; the checkpoint goes there through tracking.publish_bytes as in
 runner.py), with timing wrappers around the functions it calls, so what is timed is the training code path:
   train part           train._train_epoch (includes the batch-level MLflow logging every monitor_freq batches)
@@ -29,10 +29,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-
 from common import Timer, add_options, emit, epoch_batches, run, setup, subset
-from gainakt3exp import data as data_mod
-from gainakt3exp import train as train_mod
+
+from gainakt3exp.data import sequences as data_mod
+from gainakt3exp.loops import train as train_mod
 
 TIMED = ("_train_epoch", "validate_epoch", "collect_outputs", "prediction_from_outputs", "semantic_from_outputs",
          "global_alignment_from_outputs", "select_rows", "stratified_rows", "loss_shares", "trajectory_entry",

@@ -19,12 +19,14 @@ import argparse
 
 import numpy as np
 import torch
-
 from common import Timer, add_options, emit, peak_rss_kib, run, setup
-from gainakt3exp import data as data_mod
-from gainakt3exp import metrics
-from gainakt3exp.model import GainAKT3Exp
-from gainakt3exp.train import resolve_data_root, resolve_device, seed_everything
+
+from gainakt3exp.data import sequences as data_mod
+from gainakt3exp.data.registry import resolve_data_root
+from gainakt3exp.loops import collect as collect_mod
+from gainakt3exp.loops.runtime import resolve_device, seed_everything
+from gainakt3exp.metrics import stats
+from gainakt3exp.model.network import GainAKT3Exp
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -51,25 +53,25 @@ def main(argv=None) -> None:
         seqs = data_mod.load_split(spec, args.split, p["fold"], p["seq_len"])
     model = GainAKT3Exp.from_params(p, spec.num_c).to(device)
     if args.checkpoint:
-        from gainakt3exp.train import load_checkpoint
+        from gainakt3exp.loops.checkpoint import load_checkpoint
 
         with open(args.checkpoint, "rb") as f:
             model.load_state_dict(load_checkpoint(f.read())["state_dict"])
     batch_size = p["batch_size"]
-    metrics.semantic_metrics(model, seqs, min(args.warmup_students, len(seqs)), batch_size, device)
+    collect_mod.semantic_metrics(model, seqs, min(args.warmup_students, len(seqs)), batch_size, device)
 
     for item in args.students:
         n = len(seqs) if item == "all" else int(item)
         rows = np.arange(min(n, len(seqs)))
         lengths = np.asarray(seqs.lengths)[rows]
         with Timer() as total:
-            res = metrics.semantic_metrics(model, seqs, n, batch_size, device)
+            res = collect_mod.semantic_metrics(model, seqs, n, batch_size, device)
         with Timer() as collect:
-            out = metrics.collect_outputs(model, seqs, rows, batch_size, device, logits=False)
+            out = collect_mod.collect_outputs(model, seqs, rows, batch_size, device, logits=False)
         with Timer() as full:
-            metrics.collect_outputs(model, seqs, rows, batch_size, device)
+            collect_mod.collect_outputs(model, seqs, rows, batch_size, device)
         with Timer() as corr:
-            again = metrics.semantic_from_outputs(out)
+            again = stats.semantic_from_outputs(out)
         assert again.keys() == res.keys()
         results = {
             "students_requested": item,

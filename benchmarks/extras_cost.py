@@ -23,11 +23,23 @@ import argparse
 import statistics
 
 import numpy as np
+from common import (
+    OBJECTIVE_STATES,
+    Timer,
+    add_options,
+    build_training,
+    emit,
+    epoch_batches,
+    peak_rss_kib,
+    run,
+    set_objective_state,
+    setup,
+    subset,
+    train_epoch,
+)
 
-from common import (OBJECTIVE_STATES, Timer, add_options, build_training, emit, epoch_batches, peak_rss_kib, run,
-                    set_objective_state, setup, subset, train_epoch)
-from gainakt3exp.params import resolve_params
-from gainakt3exp.train import validate_epoch
+from gainakt3exp.config.params import resolve_params
+from gainakt3exp.loops.train import validate_epoch
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -38,18 +38,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import Bench, Timer, emit, machine_cores, parse_overrides, peak_rss_kib, run
 from scipy import sparse
 from scipy.stats import spearmanr
 
-from common import Bench, Timer, emit, machine_cores, parse_overrides, peak_rss_kib, run
-from gainakt3exp import data as data_mod
-from gainakt3exp import metrics
-from gainakt3exp.model import GainAKT3Exp
-from gainakt3exp.params import resolve_params
-from gainakt3exp import synthetic
-from gainakt3exp.layout import split_windows
-from gainakt3exp.tracking import MemorySink
-from gainakt3exp.train import load_checkpoint, load_train_data, resolve_device, train_model
+from gainakt3exp.config.params import resolve_params
+from gainakt3exp.data import sequences as data_mod
+from gainakt3exp.data import synthetic
+from gainakt3exp.data.layout import split_windows
+from gainakt3exp.loops import collect
+from gainakt3exp.loops.checkpoint import load_checkpoint
+from gainakt3exp.loops.runtime import resolve_device
+from gainakt3exp.loops.sink import MemorySink
+from gainakt3exp.loops.train import load_train_data, train_model
+from gainakt3exp.metrics import stats
+from gainakt3exp.model.network import GainAKT3Exp
 
 #: The acceptance configuration of the issue: 1000 students x 20 skills, seed 7, the tuned CPU profile.
 ACCEPTANCE = {"students": 1000, "skills": 20, "seed": 7, "profile": ["cpu-tuned"]}
@@ -131,7 +134,7 @@ def feature_logistic_auc(train, test, num_c: int) -> float:
     x_train, y_train = count_features(train, num_c)
     x_test, y_test = count_features(test, num_c)
     fit = LogisticRegression(max_iter=2000).fit(x_train, y_train)
-    return metrics.roc_auc(y_test, fit.predict_proba(x_test)[:, 1])
+    return stats.roc_auc(y_test, fit.predict_proba(x_test)[:, 1])
 
 
 def bayes_auc(sim: dict, ids: np.ndarray, maxlen: int, oracle_auc: float,
@@ -150,18 +153,18 @@ def bayes_auc(sim: dict, ids: np.ndarray, maxlen: int, oracle_auc: float,
     scored = np.concatenate([first[s] + s0 + np.arange(1, n) for s, s0, n in zip(student, start, length)])
     y = sim["response"][steps][scored]
     oracle = np.rint(sim["mastery"][steps][scored] * 10000)  # as the truth files hold it (4 decimals)
-    if abs(metrics.roc_auc(y, oracle) - oracle_auc) > 1e-9:
-        raise SystemExit(f"bayes_auc: the oracle on its steps is {metrics.roc_auc(y, oracle):.6f}, the measured "
+    if abs(stats.roc_auc(y, oracle) - oracle_auc) > 1e-9:
+        raise SystemExit(f"bayes_auc: the oracle on its steps is {stats.roc_auc(y, oracle):.6f}, the measured "
                          f"oracle_auc {oracle_auc:.6f}: the steps differ")
     window = synthetic.window_bayes_predictive(sim, ids, maxlen, synthetic.window_priors(sim, reference_ids, maxlen))
     in_window = np.concatenate([o + np.arange(1, n) for o, n in zip(np.cumsum(length) - length, length)])
-    return metrics.roc_auc(y, pred[scored]), metrics.roc_auc(y, window[in_window])
+    return stats.roc_auc(y, pred[scored]), stats.roc_auc(y, window[in_window])
 
 
 def _stats(x: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor) -> dict:
     ok = mask & torch.isfinite(truth) & torch.isfinite(x)
-    pooled, _ = metrics.masked_row_pearson(x.reshape(1, -1), truth.reshape(1, -1), ok.reshape(1, -1))
-    corr, valid = metrics.masked_row_pearson(x, truth, ok)
+    pooled, _ = stats.masked_row_pearson(x.reshape(1, -1), truth.reshape(1, -1), ok.reshape(1, -1))
+    corr, valid = stats.masked_row_pearson(x, truth, ok)
     xs, ts = x[ok].double().numpy(), truth[ok].double().numpy()
     return {"pooled": float(pooled[0]), "within": float(corr[valid].mean()) if bool(valid.any()) else None,
             "spearman": float(spearmanr(xs, ts).statistic), "within_rows": int(valid.sum()), "steps": int(ok.sum())}
@@ -170,14 +173,14 @@ def _stats(x: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor) -> dict:
 def measure_split(model, seqs, params, device) -> dict:
     """Truth statistics of the four sources, model and oracle AUC over the split's valid steps."""
     rows = np.arange(len(seqs))
-    out = metrics.collect_outputs(model, seqs, rows, params["batch_size"], device, per_skill=False)
+    out = collect.collect_outputs(model, seqs, rows, params["batch_size"], device, per_skill=False)
     mask, truth, width = out["mask"], out["truth"], out["mask"].shape[1]
     sources = {"mastery": out["target_mastery"], "prediction": torch.sigmoid(out["logits"])}
     sources.update({k: torch.from_numpy(v[:, :width]).float() for k, v in baselines(seqs, width).items()})
     y = out["y"][mask].numpy()
     result = {"truth": {name: _stats(x, truth, mask) for name, x in sources.items() if x is not None},
-              "auc": metrics.roc_auc(y, torch.sigmoid(out["logits"])[mask].numpy()),
-              "oracle_auc": metrics.roc_auc(y[np.isfinite(truth[mask].numpy())],
+              "auc": stats.roc_auc(y, torch.sigmoid(out["logits"])[mask].numpy()),
+              "oracle_auc": stats.roc_auc(y[np.isfinite(truth[mask].numpy())],
                                             truth[mask].numpy()[np.isfinite(truth[mask].numpy())])}
     return result
 
@@ -193,12 +196,12 @@ def measure_all_skills(model, seqs, every: np.ndarray, params, device) -> dict:
             m = model(b.c, b.r, b.q).mastery.float()  # (B, L, C)
             p = torch.from_numpy(every[rows, 1:m.shape[1] + 1, : m.shape[2]])  # p*_{t+1}[k]
             ok = (b.mask.unsqueeze(-1) & torch.isfinite(p)).reshape(len(rows), -1)
-            corr, valid = metrics.masked_row_pearson(m.reshape(len(rows), -1), p.reshape(len(rows), -1), ok)
+            corr, valid = stats.masked_row_pearson(m.reshape(len(rows), -1), p.reshape(len(rows), -1), ok)
             within.append(corr[valid])
             xs.append(m.reshape(len(rows), -1)[ok])
             ts.append(p.reshape(len(rows), -1)[ok])
     x, t = torch.cat(xs), torch.cat(ts)
-    pooled, _ = metrics.masked_row_pearson(x.reshape(1, -1), t.reshape(1, -1), torch.ones(1, x.numel(), dtype=bool))
+    pooled, _ = stats.masked_row_pearson(x.reshape(1, -1), t.reshape(1, -1), torch.ones(1, x.numel(), dtype=bool))
     w = torch.cat(within)
     return {"pooled": float(pooled[0]), "within": float(w.mean()) if w.numel() else None,
             "spearman": float(spearmanr(x.double().numpy(), t.double().numpy()).statistic), "cells": int(x.numel())}

@@ -26,8 +26,9 @@ import tempfile
 from pathlib import Path
 
 from common import Timer, add_options, emit, run, setup
-from gainakt3exp.experiment import check_inputs
-from gainakt3exp.params import format_value
+
+from gainakt3exp.config.params import format_value
+from gainakt3exp.service.record import check_inputs
 
 CONFIGS = ((2, 1), (1, 2))  # (workers, threads_per_run)
 BIN = Path(sys.executable).parent

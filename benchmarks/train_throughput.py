@@ -26,9 +26,22 @@ import argparse
 
 import numpy as np
 import torch
-
-from common import (OBJECTIVE_STATES, Timer, add_options, build_training, emit, epoch_batches, objective_facts,
-                    padding_stats, peak_rss_kib, run, set_objective_state, setup, subset, train_epoch)
+from common import (
+    OBJECTIVE_STATES,
+    Timer,
+    add_options,
+    build_training,
+    emit,
+    epoch_batches,
+    objective_facts,
+    padding_stats,
+    peak_rss_kib,
+    run,
+    set_objective_state,
+    setup,
+    subset,
+    train_epoch,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

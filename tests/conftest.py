@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gainakt3exp.params import resolve_params
+from gainakt3exp.config.params import resolve_params
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -38,7 +38,7 @@ def user_registry(tmp_path, monkeypatch) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
     """A data_root holding a small `synthetic` data set (120 students, 20 skills, seed 3)."""
-    from gainakt3exp.synthetic import generate_synthetic
+    from gainakt3exp.data.synthetic import generate_synthetic
 
     root = tmp_path_factory.mktemp("data")
     generate_synthetic(root / "synthetic", students=120, skills=20, seed=3, maxlen=200)

@@ -168,7 +168,7 @@ def client_env(server: Server | None = None, *, uri: str | None = None, cache_di
     """The environment of a client process (gakt-*, mlflow) for `server` (or any `uri`).
 
     Inherited MLflow client variables are dropped so only what is passed here counts; the venv's bin comes
-    first on PATH (gakt-launch runs `mlflow run`, which runs `python -m gainakt3exp.runner train`).
+    first on PATH (gakt-launch runs `mlflow run`, which runs `python -m gainakt3exp.service.entry train`).
     """
     env = {k: v for k, v in os.environ.items() if k not in _CLIENT_VARS}
     env["MLFLOW_TRACKING_URI"] = uri or server.url

@@ -331,7 +331,7 @@ def test_a_tracking_uri_of_an_unknown_scheme_is_refused_with_the_forms_that_work
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One tiny launched run (1 epoch) in its own store: {uri, run_id, exp_id, artifacts (folder)}."""
-    from gainakt3exp.synthetic import generate_synthetic
+    from gainakt3exp.data.synthetic import generate_synthetic
 
     tmp = tmp_path_factory.mktemp("bad-inputs-run")
     generate_synthetic(tmp / "synthetic", students=120, skills=20, seed=3, maxlen=200)

@@ -10,8 +10,9 @@ import json
 import pytest
 from mlflow.entities import Metric, Param
 
-from gainakt3exp import compare, tracking
+from gainakt3exp import tracking
 from gainakt3exp.errors import RunNotFoundError
+from gainakt3exp.service import compare
 
 _ids = itertools.count(310001)
 BASE = {

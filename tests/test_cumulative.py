@@ -3,8 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gainakt3exp import cumulative
-from gainakt3exp.cumulative import cumulative_steps
+from gainakt3exp.model import cumulative
+from gainakt3exp.model.cumulative import cumulative_steps
 
 
 def _definition(v, w, b, m0, c, q, scale):
@@ -80,7 +80,7 @@ def test_fused_pass_holds_no_cell_tensor_of_the_whole_batch(monkeypatch):
 def test_practised_skill_steps_equal_the_full_definition(link):
     """gain_scope practised_skill: the (B, L, L) per-step sums equal the (B, L, C) definition (gains scattered to
     the practised skill, cumulative sum, link), values and gradients, with repeated skills and padding."""
-    from gainakt3exp.cumulative import practised_full, practised_steps
+    from gainakt3exp.model.cumulative import practised_full, practised_steps
 
     gen = torch.Generator().manual_seed(3)
     b, l, n_c, scale = 5, 11, 4, 0.7
@@ -120,7 +120,7 @@ def test_practised_skill_steps_equal_the_full_definition(link):
 
 @pytest.mark.parametrize("link", ["clamp", "logistic"])
 def test_model_reduced_pass_equals_its_full_pass_with_practised_gains(link):
-    from gainakt3exp.model import GainAKT3Exp
+    from gainakt3exp.model.network import GainAKT3Exp
 
     torch.manual_seed(1)
     model = GainAKT3Exp(num_c=6, seq_len=10, d_model=8, n_heads=2, num_encoder_blocks=1, d_ff=8, dropout=0.0,

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from gainakt3exp import data
-from gainakt3exp.registry import lookup
+from gainakt3exp.data import sequences as data
+from gainakt3exp.data.registry import lookup
 from gainakt3exp.errors import ConfigError, DataError
 
 HEADER = "fold,uid,concepts,responses,selectmasks"
@@ -207,7 +207,7 @@ def test_unshuffled_batches_follow_file_order(many_rows):
 
 @pytest.fixture
 def tiny_dataset(tmp_path):
-    from gainakt3exp.synthetic import generate_synthetic
+    from gainakt3exp.data.synthetic import generate_synthetic
 
     cfg = lookup("synthetic").entry
     generate_synthetic(tmp_path / "root" / "synthetic", students=40, skills=cfg["num_c"], seed=1,

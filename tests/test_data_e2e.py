@@ -23,7 +23,7 @@ def _data_txt(path: Path) -> None:
     """pyKT's 6-line data.txt of 200 simulated students (20 skills)."""
     import numpy as np
 
-    from gainakt3exp.synthetic import simulate_students
+    from gainakt3exp.data.synthetic import simulate_students
 
     sim = simulate_students(200, 20, seed=5)
     ends = np.cumsum(sim["lengths"])

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from click.testing import CliRunner
 
-from gainakt3exp import data, layout
 from gainakt3exp.cli import main
-from gainakt3exp.three_line import import_three_line
+from gainakt3exp.data import layout
+from gainakt3exp.data import sequences as data
+from gainakt3exp.data.three_line import import_three_line
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ASSIST = SHARED / "assist2015"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gainakt3exp.params import load_defaults
+from gainakt3exp.config.params import load_defaults
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ def gakt(env, *args, check=True):
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """A fresh local store + a small synthetic data set; one launched, evaluated and reproduced run."""
-    from gainakt3exp.synthetic import generate_synthetic
+    from gainakt3exp.data.synthetic import generate_synthetic
 
     tmp = tmp_path_factory.mktemp("e2e")
     generate_synthetic(tmp / "synthetic", students=120, skills=20, seed=3, maxlen=200)
@@ -65,7 +65,7 @@ def test_launched_run_holds_params_trajectory_shares_and_artifacts(store):
     (run,) = _run(store)
     client = _client(store)
     assert run.info.status == "FINISHED" and run.data.tags["gakt.outcome"] == "finished"
-    from gainakt3exp.params import load_defaults
+    from gainakt3exp.config.params import load_defaults
 
     assert set(run.data.params) == set(load_defaults().values)
     assert run.data.params["d_model"] == "16" and run.data.params["use_amp"] == "false"
@@ -146,7 +146,7 @@ def test_repro_warns_when_the_codes_fixed_constants_differ_from_the_original(sto
 def test_a_run_made_before_a_parameter_existed_reproduces_with_its_default_and_compares_identical(store):
     """A config.json without lr_schedule (written before it existed): gakt-repro names it, fills in its default
     (plateau, the behaviour the code had before) and the reproduction's metrics equal the original's."""
-    from gainakt3exp.params import defaults_md5
+    from gainakt3exp.config.params import defaults_md5
 
     env = store["env"]
     exp_id, config_path, config = _one_epoch_run_config(store, "older")
@@ -209,8 +209,8 @@ def test_mlflow_run_refuses_missing_parameters_listing_them(store):
 
 
 def test_mlflow_run_with_an_ill_typed_value_is_refused_by_our_validation(store):
-    from gainakt3exp.experiment import param_args
-    from gainakt3exp.params import resolve_params
+    from gainakt3exp.config.params import resolve_params
+    from gainakt3exp.service.record import param_args
 
     params = resolve_params({"data_root": str(store["tmp"])}, ["tiny"]).params
     args = [a if a != "epochs=2" else "epochs=abc" for a in param_args(params)]
@@ -222,8 +222,8 @@ def test_mlflow_run_with_an_ill_typed_value_is_refused_by_our_validation(store):
 
 def test_plain_mlflow_run_with_every_parameter_records_the_whole_trajectory(store):
     """Exactly the MLproject entry point: `mlflow run . --env-manager local -P ...` (every parameter, 3 epochs)."""
-    from gainakt3exp.experiment import param_args
-    from gainakt3exp.params import load_defaults, resolve_params
+    from gainakt3exp.config.params import load_defaults, resolve_params
+    from gainakt3exp.service.record import param_args
 
     params = resolve_params({"data_root": str(store["tmp"]), "epochs": "3"}, ["tiny"]).params
     proc = subprocess.run([str(BIN / "mlflow"), "run", str(ROOT), "--env-manager", "local", "--experiment-name",

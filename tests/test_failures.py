@@ -1,6 +1,6 @@
 """Failures during a run: SIGTERM, kill -9, a crash, and a failing artifact write leave a truthful record.
 
-Each training test starts `python -m gainakt3exp.runner train` with every parameter (the tiny profile, 30 epochs so it is
+Each training test starts `python -m gainakt3exp.service.entry train` with every parameter (the tiny profile, 30 epochs so it is
 still running), waits through the tracking API until epoch 1 and its checkpoint are stored, then stops it.
 Marked slow: each waits for one real epoch (~10-30 s on 2 shared cores).
 """
@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from gainakt3exp import files, runner, tracking
-from gainakt3exp.experiment import config_params, read_config
-from gainakt3exp.params import format_value, parse_param_strings, resolve_params
+from gainakt3exp import files, tracking
+from gainakt3exp.config.params import format_value, parse_param_strings, resolve_params
+from gainakt3exp.service import training as training_service
+from gainakt3exp.service.record import config_params, read_config
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +50,7 @@ def _client(uri):
 
 def _start_training(data_root: Path, uri: str, tmp_path: Path) -> subprocess.Popen:
     params = resolve_params({"data_root": str(data_root), "epochs": 30}, ["tiny"]).params
-    argv = [sys.executable, "-m", "gainakt3exp.runner", "train"]
+    argv = [sys.executable, "-m", "gainakt3exp.service.entry", "train"]
     for key, value in params.items():
         argv += [f"--{key}", format_value(value)]
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "GAKT_CACHE_DIR": str(tmp_path / "cache")}
@@ -96,7 +97,7 @@ def _wait_for_checkpoint(proc, uri: str, tmp_path: Path):
 
 
 def _best_checkpoint(client, run_id: str) -> dict:
-    from gainakt3exp.train import load_checkpoint
+    from gainakt3exp.loops.checkpoint import load_checkpoint
 
     return load_checkpoint(tracking.download_text(client, run_id, "model_best.pth"))
 
@@ -128,7 +129,7 @@ def test_sigterm_marks_the_run_killed_and_keeps_the_best_checkpoint(training, st
 
 def test_kill_9_leaves_running_then_stale_mark_kills_it_and_the_checkpoint_loads(training, store, tmp_path):
     from gainakt3exp.cli import main
-    from gainakt3exp.model import GainAKT3Exp
+    from gainakt3exp.model.network import GainAKT3Exp
 
     run = _wait_for_checkpoint(training, store, tmp_path)
     run_id = run.info.run_id
@@ -164,7 +165,7 @@ def test_a_crash_in_training_marks_the_run_failed_with_the_reason(data_root, sto
     params = resolve_params({"data_root": str(data_root)}, ["tiny"]).params
     handler_before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        runner.run_training(params)
+        training_service.run_training(params)
     assert signal.getsignal(signal.SIGTERM) is handler_before  # our SIGTERM handler is removed again
 
     client = _client(store)

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from gainakt3exp import data, registry
 from gainakt3exp.cli import main
+from gainakt3exp.data import registry
+from gainakt3exp.data import sequences as data
+from gainakt3exp.data.pykt_split import import_pykt
+from gainakt3exp.data.three_line import import_three_line
 from gainakt3exp.errors import DataError
-from gainakt3exp.pykt_split import import_pykt
-from gainakt3exp.three_line import import_three_line
 
 HEADER = "fold,uid,concepts,responses,selectmasks"
 
@@ -226,7 +227,7 @@ def test_import_register_refuses_a_name_taken_by_another_entry(akt_dir, tmp_path
 
 
 def _register(name):
-    from gainakt3exp.layout import pykt_entry
+    from gainakt3exp.data.layout import pykt_entry
 
     return registry.register({name: pykt_entry(f"/data/{name}", 3, 4, 3, [0, 1, 2, 3, 4])})
 
@@ -358,7 +359,7 @@ def test_data_txt_splits_exactly_as_pykt_does(tmp_path):
 
 
 def test_kfold_blocks_follow_pykt(tmp_path):
-    from gainakt3exp.pykt_split import split_folds
+    from gainakt3exp.data.pykt_split import split_folds
 
     np.testing.assert_array_equal(split_folds(7, 5), [0, 0, 1, 1, 2, 3, 4])
     assert np.bincount(split_folds(15275, 5)).tolist() == [3055] * 5

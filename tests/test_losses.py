@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from gainakt3exp.data import Batch
+from gainakt3exp.data.sequences import Batch
 from gainakt3exp.errors import ConfigError
-from gainakt3exp.losses import (
+from gainakt3exp.model.cumulative import steps_from_full
+from gainakt3exp.model.network import GainAKT3Exp, ModelOutput
+from gainakt3exp.objective.controller import Objective
+from gainakt3exp.objective.terms import (
     FIXED_CONSTANTS,
-    Objective,
     alignment_correlations,
     bce_loss,
     consistency_loss,
@@ -26,8 +28,6 @@ from gainakt3exp.losses import (
     sparsity_loss,
     warmup_scale,
 )
-from gainakt3exp.cumulative import steps_from_full
-from gainakt3exp.model import GainAKT3Exp, ModelOutput
 
 DEFAULTS = json.loads((Path(__file__).parents[1] / "configs" / "parameter_default.json").read_text())["defaults"]
 T, F_ = True, False
@@ -528,8 +528,8 @@ def test_share_cap_fires_on_a_real_training_trajectory(tiny_params):
     """A tiny run whose alignment share turns negative (the reward works) with a size above a small cap: the
     base weight decays after every epoch that does not beat the peak correlation, negative shares included
     (the seed compared the signed share, which never exceeds a positive cap once alignment works)."""
-    from gainakt3exp.tracking import MemorySink
-    from gainakt3exp.train import train_model
+    from gainakt3exp.loops.sink import MemorySink
+    from gainakt3exp.loops.train import train_model
 
     cap = 0.001
     params = {**tiny_params, "epochs": 5, "alignment_warmup_epochs": 0, "adaptive_alignment": False,
@@ -549,7 +549,7 @@ def test_share_cap_fires_on_a_real_training_trajectory(tiny_params):
 
 
 def test_objective_report_names_the_terms_that_are_identically_zero_with_the_gain_head():
-    from gainakt3exp.losses import objective_report
+    from gainakt3exp.objective.report import objective_report
 
     report = objective_report(_params(non_negative_loss_weight=0.2))
     assert report["monotonicity"]["status"] == "identically zero" and "never decreases" in report["monotonicity"]["why"]

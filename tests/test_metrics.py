@@ -16,9 +16,11 @@ import pytest
 import torch
 from scipy.stats import pearsonr
 
-from gainakt3exp import data, metrics, trajectory
-from gainakt3exp.cumulative import steps_from_full
-from gainakt3exp.data import Batch
+from gainakt3exp.data import sequences as data
+from gainakt3exp.data.sequences import Batch
+from gainakt3exp.loops import collect
+from gainakt3exp.metrics import stats, trajectory
+from gainakt3exp.model.cumulative import steps_from_full
 
 Out = namedtuple("Out", "logits mastery gains steps", defaults=(None,))
 C = 6
@@ -105,7 +107,7 @@ def test_masked_row_pearson_matches_scipy_per_row_with_ragged_masks():
     mask = _ragged(N, L, rng)
     mask[5] = torch.as_tensor(rng.random(L) < 0.5)  # a non-prefix mask too
     x_dirty = torch.where(mask, x, float("nan"))  # values outside the mask must be ignored
-    corr, valid = metrics.masked_row_pearson(x_dirty.float(), y.float(), mask)
+    corr, valid = stats.masked_row_pearson(x_dirty.float(), y.float(), mask)
     for i in range(N):
         k = mask[i].numpy()
         if k.sum() >= 2:
@@ -119,11 +121,11 @@ def test_masked_row_pearson_rows_with_one_step_or_constant_values_are_invalid():
     x = torch.tensor([[0.1, 0.1, 0.1, 0.1], [1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 0.0, 0.0], [1.0, 2.0, 3.0, 9.0]])
     y = torch.tensor([[0.0, 1.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0], [0.0, 1.0, 0.0, 0.0], [0.0, 1.0, 1.0, 0.0]])
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 1, 0]], dtype=torch.bool)
-    corr, valid = metrics.masked_row_pearson(x, y, mask)
+    corr, valid = stats.masked_row_pearson(x, y, mask)
     assert valid.tolist() == [False, False, False, True]
     assert float(corr[3]) == pytest.approx(pearsonr([1, 2, 3], [0, 1, 1])[0])
     assert torch.isnan(corr[:3]).all()
-    _, valid3 = metrics.masked_row_pearson(x, y, mask, min_count=4)
+    _, valid3 = stats.masked_row_pearson(x, y, mask, min_count=4)
     assert not bool(valid3[3])
 
 
@@ -132,9 +134,9 @@ def test_roc_auc_and_accuracy_match_sklearn_with_ties():
     rng = np.random.default_rng(2)
     y = rng.integers(0, 2, size=500)
     p = np.round(np.clip(0.5 + 0.2 * (y - 0.5) + rng.normal(0, 0.3, 500), 0, 1), 1)  # many ties
-    assert metrics.roc_auc(y, p) == pytest.approx(sk.roc_auc_score(y, p), abs=1e-12)
-    assert metrics.accuracy(y, p) == pytest.approx(sk.accuracy_score(y, p >= 0.5))
-    assert math.isnan(metrics.roc_auc(np.ones(5), p[:5]))
+    assert stats.roc_auc(y, p) == pytest.approx(sk.roc_auc_score(y, p), abs=1e-12)
+    assert stats.accuracy(y, p) == pytest.approx(sk.accuracy_score(y, p >= 0.5))
+    assert math.isnan(stats.roc_auc(np.ones(5), p[:5]))
 
 
 def test_count_violations_hand_computed():
@@ -142,33 +144,33 @@ def test_count_violations_hand_computed():
     m = torch.tensor([[[0.2, 0.5], [0.1, 0.6], [0.1, 1.2], [0.0, 0.0]]])
     g = torch.tensor([[[0.0, -0.1], [0.3, 0.2], [-0.5, -0.2], [-9.0, -9.0]]])
     mask = torch.tensor([[True, True, True, False]])
-    v = {k: (a.tolist(), b.tolist()) for k, (a, b) in metrics.count_violations(m, g, mask).items()}
+    v = {k: (a.tolist(), b.tolist()) for k, (a, b) in stats.count_violations(m, g, mask).items()}
     # pairs (0,1), (1,2): decreases 0.2->0.1 only (0.1->0.1 is not a decrease; step 3 is padding)
     assert v["monotonicity"] == ([1], [4])
     assert v["negative_gain"] == ([3], [6])
     assert v["bounds"] == ([1], [6])
-    assert metrics.count_violations(m, None, mask).keys() == {"monotonicity", "bounds"}
+    assert stats.count_violations(m, None, mask).keys() == {"monotonicity", "bounds"}
 
 
 def test_stratified_rows_are_deterministic_unique_and_spread_over_lengths():
     rng = np.random.default_rng(3)
     lengths = rng.integers(1, 200, size=1000)
-    a = metrics.stratified_rows(lengths, 100)
-    assert np.array_equal(a, metrics.stratified_rows(lengths, 100))
+    a = stats.stratified_rows(lengths, 100)
+    assert np.array_equal(a, stats.stratified_rows(lengths, 100))
     assert len(np.unique(a)) == 100
     order = np.lexsort((np.arange(1000), lengths))
     decile = np.empty(1000, dtype=int)
     decile[order] = np.arange(1000) // 100
     assert np.bincount(decile[a], minlength=10).tolist() == [10] * 10
-    b = metrics.stratified_rows(lengths, 37)
+    b = stats.stratified_rows(lengths, 37)
     assert len(np.unique(b)) == 37 and set(np.bincount(decile[b], minlength=10)) <= {3, 4}
 
 
 def test_stratified_rows_returns_all_rows_when_n_exceeds_them():
-    assert metrics.stratified_rows(np.array([5, 3, 9]), 10).tolist() == [0, 1, 2]
-    few = metrics.stratified_rows(np.array([5, 3, 9, 1, 1]), 3)  # fewer rows than bins
+    assert stats.stratified_rows(np.array([5, 3, 9]), 10).tolist() == [0, 1, 2]
+    few = stats.stratified_rows(np.array([5, 3, 9, 1, 1]), 3)  # fewer rows than bins
     assert len(set(few.tolist())) == 3
-    assert len(metrics.stratified_rows(np.arange(19), 18)) == 18
+    assert len(stats.stratified_rows(np.arange(19), 18)) == 18
 
 
 def test_loss_shares_main_and_constraints_sum_to_one_and_rewards_stay_negative():
@@ -186,7 +188,7 @@ def test_loss_shares_main_and_constraints_sum_to_one_and_rewards_stay_negative()
 def test_semantic_metrics_match_known_functions_of_the_labels(local_batches):
     seqs = _seqs()
     model = StandIn()
-    res = metrics.semantic_metrics(model, seqs, 15, 4, "cpu")
+    res = collect.semantic_metrics(model, seqs, 15, 4, "cpu")
     ref = _reference_steps(seqs, range(15))
     # M_t = 0.5 y + const -> +1 wherever defined; G_t = (1 - y) const -> -1
     defined = [i for i, (y, *_) in enumerate(ref) if len(y) >= 2 and y.min() < y.max()]
@@ -199,7 +201,7 @@ def test_semantic_metrics_match_known_functions_of_the_labels(local_batches):
     q_all = np.concatenate([q for _, q, _, _ in ref])
     t_all = np.concatenate([t for *_, t, _ in ref])
     ok = np.isfinite(t_all)
-    truth = metrics.truth_from_outputs(metrics.collect_outputs(model, seqs, np.arange(15), 4, "cpu"))
+    truth = stats.truth_from_outputs(collect.collect_outputs(model, seqs, np.arange(15), 4, "cpu"))
     assert truth["true_mastery_correlation"] == pytest.approx(
         pearsonr((0.5 * y_all + 0.1 * q_all / C)[ok], t_all[ok])[0])
     # var of m[:, :, k] over valid steps = 0.25 var(y) for every skill (population variance)
@@ -216,8 +218,8 @@ def test_within_student_truth_correlation_equals_a_naive_per_row_loop(local_batc
     """Per row: Pearson of m_t[q_t] and the truth over valid steps with a finite truth; mean over rows where it is
     defined (>= 2 such steps, both vary). Reference: np.corrcoef row by row."""
     seqs = _seqs(n=40, seed=23)
-    out = metrics.collect_outputs(StandIn(), seqs, np.arange(40), 6, "cpu")
-    got = metrics.truth_from_outputs(out)["true_mastery_correlation_within"]
+    out = collect.collect_outputs(StandIn(), seqs, np.arange(40), 6, "cpu")
+    got = stats.truth_from_outputs(out)["true_mastery_correlation_within"]
     ref = _reference_steps(seqs, range(40))
     rows = []
     for y, q, t, _ in ref:
@@ -227,14 +229,14 @@ def test_within_student_truth_correlation_equals_a_naive_per_row_loop(local_batc
             rows.append(np.corrcoef(m[ok], t[ok])[0, 1])
     assert len(rows) >= 10
     assert got == pytest.approx(np.mean(rows), abs=1e-6)  # float32 inputs
-    pooled = metrics.truth_from_outputs(out)["true_mastery_correlation"]
+    pooled = stats.truth_from_outputs(out)["true_mastery_correlation"]
     assert pooled != pytest.approx(got)  # two different questions
 
 
 def test_semantic_metrics_do_not_depend_on_batch_size(local_batches):
     seqs = _seqs(n=31, seed=5)
-    a = metrics.semantic_metrics(StandIn(), seqs, 31, 3, "cpu")
-    b = metrics.semantic_metrics(StandIn(), seqs, 31, 100, "cpu")
+    a = collect.semantic_metrics(StandIn(), seqs, 31, 3, "cpu")
+    b = collect.semantic_metrics(StandIn(), seqs, 31, 100, "cpu")
     assert a.keys() == b.keys()
     for k in a:
         assert a[k] == pytest.approx(b[k], abs=1e-9), k
@@ -242,19 +244,19 @@ def test_semantic_metrics_do_not_depend_on_batch_size(local_batches):
 
 def test_one_pass_then_select_rows_equals_a_pass_over_those_rows(local_batches):
     seqs = _seqs(n=30, seed=11)
-    out = metrics.collect_outputs(StandIn(), seqs, np.arange(30), 7, "cpu")
-    first = metrics.semantic_from_outputs(metrics.select_rows(out, np.arange(12)))
-    assert first == pytest.approx(metrics.semantic_metrics(StandIn(), seqs, 12, 5, "cpu"))
-    strat = metrics.stratified_rows(seqs.lengths, 10)
-    glob = metrics.global_alignment_from_outputs(metrics.select_rows(out, strat))
-    assert glob == pytest.approx(metrics.global_alignment_metrics(StandIn(), seqs, 10, 4, "cpu"))
-    assert metrics.prediction_from_outputs(out, use_score_mask=True) == pytest.approx(
-        metrics.prediction_metrics(StandIn(), seqs, 30, "cpu", use_score_mask=True))
+    out = collect.collect_outputs(StandIn(), seqs, np.arange(30), 7, "cpu")
+    first = stats.semantic_from_outputs(stats.select_rows(out, np.arange(12)))
+    assert first == pytest.approx(collect.semantic_metrics(StandIn(), seqs, 12, 5, "cpu"))
+    strat = stats.stratified_rows(seqs.lengths, 10)
+    glob = stats.global_alignment_from_outputs(stats.select_rows(out, strat))
+    assert glob == pytest.approx(collect.global_alignment_metrics(StandIn(), seqs, 10, 4, "cpu"))
+    assert stats.prediction_from_outputs(out, use_score_mask=True) == pytest.approx(
+        collect.prediction_metrics(StandIn(), seqs, 30, "cpu", use_score_mask=True))
 
 
 def _real_model_and_seqs(seed: int, mastery_gain_scale: float):
     """40 windows with truth and a small real GainAKT3Exp (gain head, clamp link) made after torch.manual_seed(0)."""
-    from gainakt3exp.model import GainAKT3Exp
+    from gainakt3exp.model.network import GainAKT3Exp
 
     ns = _seqs(n=40, seed=seed)
     seqs = data.Sequences(concepts=ns.concepts, responses=ns.responses, selectmasks=ns.selectmasks,
@@ -272,30 +274,30 @@ def test_partial_passes_of_the_real_model_equal_one_full_pass():
     """semantic/global metrics run the model without its prediction head, prediction metrics without the
     mastery and gain heads (GainAKT3Exp.forward(logits=..., interpretation=...)): same numbers as a full pass."""
     seqs, model = _real_model_and_seqs(seed=17, mastery_gain_scale=0.1)
-    out = metrics.collect_outputs(model, seqs, np.arange(40), 8, "cpu")
-    semantic = metrics.semantic_metrics(model, seqs, 25, 8, "cpu")
+    out = collect.collect_outputs(model, seqs, np.arange(40), 8, "cpu")
+    semantic = collect.semantic_metrics(model, seqs, 25, 8, "cpu")
     assert semantic["mastery_correlation"] is not None and semantic["gain_correlation"] is not None
-    assert semantic == pytest.approx(metrics.semantic_from_outputs(metrics.select_rows(out, np.arange(25))),
+    assert semantic == pytest.approx(stats.semantic_from_outputs(stats.select_rows(out, np.arange(25))),
                                      abs=1e-6)
-    strat = metrics.stratified_rows(seqs.lengths, 15)
-    assert metrics.global_alignment_metrics(model, seqs, 15, 8, "cpu") == pytest.approx(
-        metrics.global_alignment_from_outputs(metrics.select_rows(out, strat)), abs=1e-6)
-    assert metrics.prediction_metrics(model, seqs, 8, "cpu", use_score_mask=False) == pytest.approx(
-        metrics.prediction_from_outputs(out, use_score_mask=False), abs=1e-6)
+    strat = stats.stratified_rows(seqs.lengths, 15)
+    assert collect.global_alignment_metrics(model, seqs, 15, 8, "cpu") == pytest.approx(
+        stats.global_alignment_from_outputs(stats.select_rows(out, strat)), abs=1e-6)
+    assert collect.prediction_metrics(model, seqs, 8, "cpu", use_score_mask=False) == pytest.approx(
+        stats.prediction_from_outputs(out, use_score_mask=False), abs=1e-6)
 
 
 def test_reduced_pass_of_the_real_model_gives_the_full_pass_per_step_values():
     """collect_outputs(per_skill=False) runs the reduced pass (no (B, L, C) tensors): the same logits, skill means
     and target mastery as the full pass, so prediction, global and correlation metrics agree."""
     seqs, model = _real_model_and_seqs(seed=19, mastery_gain_scale=0.5)
-    full = metrics.collect_outputs(model, seqs, np.arange(40), 8, "cpu")
-    reduced = metrics.collect_outputs(model, seqs, np.arange(40), 8, "cpu", per_skill=False)
+    full = collect.collect_outputs(model, seqs, np.arange(40), 8, "cpu")
+    reduced = collect.collect_outputs(model, seqs, np.arange(40), 8, "cpu", per_skill=False)
     for key in ("logits", "mastery_mean", "gain_mean", "target_mastery", "mask", "y", "truth"):
         torch.testing.assert_close(reduced[key], full[key], rtol=1e-5, atol=1e-6, equal_nan=True)
     assert reduced["mastery_row_mean"] is None and reduced["violations"] == {}
-    strat = metrics.stratified_rows(seqs.lengths, 15)
-    assert metrics.global_alignment_from_outputs(metrics.select_rows(reduced, strat)) == pytest.approx(
-        metrics.global_alignment_from_outputs(metrics.select_rows(full, strat)), abs=1e-6)
+    strat = stats.stratified_rows(seqs.lengths, 15)
+    assert stats.global_alignment_from_outputs(stats.select_rows(reduced, strat)) == pytest.approx(
+        stats.global_alignment_from_outputs(stats.select_rows(full, strat)), abs=1e-6)
 
 
 def test_real_make_batch_gives_the_same_metrics_as_the_local_builder(monkeypatch):
@@ -303,20 +305,20 @@ def test_real_make_batch_gives_the_same_metrics_as_the_local_builder(monkeypatch
     seqs = data.Sequences(concepts=ns.concepts, responses=ns.responses, selectmasks=ns.selectmasks,
                           uids=np.arange(25), lengths=ns.lengths, truth=ns.truth.astype(np.float32),
                           source="memory", file_hash="0")
-    real = metrics.semantic_metrics(StandIn(), seqs, 25, 6, "cpu")
-    real_pred = metrics.prediction_metrics(StandIn(), seqs, 6, "cpu", use_score_mask=True)
+    real = collect.semantic_metrics(StandIn(), seqs, 25, 6, "cpu")
+    real_pred = collect.prediction_metrics(StandIn(), seqs, 6, "cpu", use_score_mask=True)
     monkeypatch.setattr(data, "make_batch", _make_batch)
-    assert real == pytest.approx(metrics.semantic_metrics(StandIn(), seqs, 25, 6, "cpu"), rel=1e-6)
-    assert real_pred == pytest.approx(metrics.prediction_metrics(StandIn(), seqs, 6, "cpu", use_score_mask=True))
+    assert real == pytest.approx(collect.semantic_metrics(StandIn(), seqs, 25, 6, "cpu"), rel=1e-6)
+    assert real_pred == pytest.approx(collect.prediction_metrics(StandIn(), seqs, 6, "cpu", use_score_mask=True))
 
 
 def test_semantic_metrics_without_gain_head_or_truth_report_none(local_batches):
-    res = metrics.semantic_metrics(StandIn(gains=False), _seqs(truth=False), 10, 4, "cpu")
+    res = collect.semantic_metrics(StandIn(gains=False), _seqs(truth=False), 10, 4, "cpu")
     assert res["gain_correlation"] is None and res["negative_gain_violation_rate"] is None
-    assert metrics.truth_from_outputs(metrics.collect_outputs(StandIn(gains=False), _seqs(truth=False), np.arange(10),
+    assert stats.truth_from_outputs(collect.collect_outputs(StandIn(gains=False), _seqs(truth=False), np.arange(10),
                                                              4, "cpu"))["true_mastery_correlation"] is None
     assert res["mastery_correlation"] == pytest.approx(1.0)
-    none = metrics.semantic_metrics(StandIn(mastery=False, gains=False), _seqs(), 10, 4, "cpu")
+    none = collect.semantic_metrics(StandIn(mastery=False, gains=False), _seqs(), 10, 4, "cpu")
     assert none["mastery_correlation"] is None and none["mean_mastery_variance"] is None
     assert none["correlation_students"] == 0
 
@@ -324,7 +326,7 @@ def test_semantic_metrics_without_gain_head_or_truth_report_none(local_batches):
 def test_collect_outputs_runs_in_eval_mode_without_grad_and_restores_training(local_batches):
     model = StandIn()
     model.train()
-    out = metrics.collect_outputs(model, _seqs(), np.array([4, 2, 7]), 2, "cpu")
+    out = collect.collect_outputs(model, _seqs(), np.array([4, 2, 7]), 2, "cpu")
     assert model.training and model.seen == [(False, False), (False, False)]
     assert out["rows"].tolist() == [4, 2, 7]
 
@@ -337,24 +339,24 @@ def test_prediction_metrics_use_score_mask_only_when_asked(local_batches):
     s = np.concatenate([r[3] for r in ref]).astype(bool)
     p = 1 / (1 + np.exp(-z))
     for use, sel in ((False, np.ones_like(s)), (True, s)):
-        res = metrics.prediction_metrics(StandIn(), seqs, 8, "cpu", use_score_mask=use)
+        res = collect.prediction_metrics(StandIn(), seqs, 8, "cpu", use_score_mask=use)
         bce = -np.mean(y[sel] * np.log(p[sel]) + (1 - y[sel]) * np.log(1 - p[sel]))
         assert res["n"] == int(sel.sum())
         assert res["loss"] == pytest.approx(bce)
-        assert res["auc"] == pytest.approx(metrics.roc_auc(y[sel], p[sel]))
+        assert res["auc"] == pytest.approx(stats.roc_auc(y[sel], p[sel]))
         assert res["accuracy"] == pytest.approx(np.mean((p[sel] >= 0.5) == y[sel]))
 
 
 def test_global_alignment_pools_all_valid_steps_of_stratified_rows(local_batches):
     seqs = _seqs(n=50, seed=9)
-    res = metrics.global_alignment_metrics(StandIn(), seqs, 20, 6, "cpu")
-    rows = metrics.stratified_rows(seqs.lengths, 20)
+    res = collect.global_alignment_metrics(StandIn(), seqs, 20, 6, "cpu")
+    rows = stats.stratified_rows(seqs.lengths, 20)
     y = np.concatenate([r[0] for r in _reference_steps(seqs, rows)])
     assert res["global_alignment_students"] == 20
     assert res["global_alignment_mastery_corr"] == pytest.approx(1.0)
     assert res["global_alignment_gain_corr"] == pytest.approx(-1.0)
     assert y.size > 20
-    no_gain = metrics.global_alignment_metrics(StandIn(gains=False), seqs, 500, 64, "cpu")
+    no_gain = collect.global_alignment_metrics(StandIn(gains=False), seqs, 500, 64, "cpu")
     assert no_gain["global_alignment_gain_corr"] is None and no_gain["global_alignment_students"] == 50
 
 

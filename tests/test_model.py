@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from gainakt3exp.data import Batch
+from gainakt3exp.data.sequences import Batch
 from gainakt3exp.errors import ConfigError
-from gainakt3exp.losses import Objective
-from gainakt3exp.model import GainAKT3Exp, ModelOutput
+from gainakt3exp.model.network import GainAKT3Exp, ModelOutput
+from gainakt3exp.objective.controller import Objective
 
 DEFAULTS = json.loads((Path(__file__).parents[1] / "configs" / "parameter_default.json").read_text())["defaults"]
 C, B, L = 4, 3, 6
@@ -183,7 +183,7 @@ GOLDEN = {"logits_sum": -2.043499, "bce": 0.709672, "total": 0.846043}
 
 
 def test_dropout_keeps_the_expected_fraction_and_scales_the_rest():
-    from gainakt3exp.model import _Dropout
+    from gainakt3exp.model.network import _Dropout
 
     torch.manual_seed(0)
     drop = _Dropout(0.2).train()
@@ -200,7 +200,7 @@ def test_dropout_keeps_the_expected_fraction_and_scales_the_rest():
 
 
 def test_dropout_edges_zero_odd_sizes_and_near_one():
-    from gainakt3exp.model import _Dropout
+    from gainakt3exp.model.network import _Dropout
 
     x = torch.randn(3, 7)  # 21 elements: not a multiple of four
     assert torch.equal(_Dropout(0.0).train()(x), x)
@@ -216,7 +216,7 @@ def test_dropout_equals_the_product_with_its_mask_bitwise_forward_and_backward(d
     """Dropout gives the values of x * keep * scale (keep = the 0/1 mask, the formula of earlier runs), and its
     gradient grad * scale * keep: earlier runs still reproduce identical. (torch.equal compares values: a dropped
     negative cell is +0.0 now, -0.0 before.)"""
-    from gainakt3exp.model import _Dropout
+    from gainakt3exp.model.network import _Dropout
 
     drop = _Dropout(0.2).train()
     x = torch.randn(37, 29).to(dtype).requires_grad_()

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import yaml
 
-from gainakt3exp.params import load_defaults
-from gainakt3exp.runner import build_train_command
+from gainakt3exp.config.params import load_defaults
+from gainakt3exp.service.entry import build_train_command
 
 ROOT = Path(__file__).resolve().parents[1]
 

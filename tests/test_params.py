@@ -4,8 +4,7 @@ import json
 
 import pytest
 
-from gainakt3exp.errors import ConfigError
-from gainakt3exp.params import (
+from gainakt3exp.config.params import (
     CONFIG_DIR,
     defaults_md5,
     format_value,
@@ -14,6 +13,7 @@ from gainakt3exp.params import (
     parse_value,
     resolve_params,
 )
+from gainakt3exp.errors import ConfigError
 
 
 def test_defaults_file_md5_matches_its_defaults():
@@ -135,7 +135,7 @@ def test_pure_bce_profile_switches_every_extra_off_without_errors():
 
 def _recorded_config(**overrides) -> dict:
     """A config.json as a run records it (experiment.build_config), for the tiny profile."""
-    from gainakt3exp.experiment import build_config
+    from gainakt3exp.service.record import build_config
 
     resolved = resolve_params(overrides, ["tiny"], check=False)
     return json.loads(json.dumps(build_config(resolved, experiment_name="e", run_name="r", exp_id="123456",
@@ -143,7 +143,7 @@ def _recorded_config(**overrides) -> dict:
 
 
 def test_a_parameter_added_after_the_run_takes_its_default_and_is_named():
-    from gainakt3exp.experiment import added_since, config_params
+    from gainakt3exp.service.record import added_since, config_params
 
     config = _recorded_config(epochs="3")
     for part in ("defaults", "params"):  # as written by the code before lr_schedule existed
@@ -156,7 +156,7 @@ def test_a_parameter_added_after_the_run_takes_its_default_and_is_named():
 
 def test_a_parameter_this_code_does_not_know_is_still_refused():
     from gainakt3exp.errors import ReproError
-    from gainakt3exp.experiment import config_params
+    from gainakt3exp.service.record import config_params
 
     config = _recorded_config()
     config["defaults"]["future_knob"] = config["params"]["future_knob"] = 1  # a run of newer code

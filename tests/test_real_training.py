@@ -1,11 +1,10 @@
 """Real assist2015 data (../shared/data): the cpu-small profile learns (val AUC >= 0.70, positive mastery corr)."""
 import pytest
-
-from gainakt3exp.params import resolve_params
-from gainakt3exp.tracking import MemorySink
-from gainakt3exp.train import train_model
-
 from conftest import shared_assist2015
+
+from gainakt3exp.config.params import resolve_params
+from gainakt3exp.loops.sink import MemorySink
+from gainakt3exp.loops.train import train_model
 
 pytestmark = pytest.mark.slow
 

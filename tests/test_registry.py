@@ -6,12 +6,13 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from gainakt3exp import data, registry
 from gainakt3exp.cli import main
+from gainakt3exp.config.params import resolve_params
+from gainakt3exp.data import registry
+from gainakt3exp.data import sequences as data
+from gainakt3exp.data.layout import pykt_entry
+from gainakt3exp.data.synthetic import generate_synthetic
 from gainakt3exp.errors import ConfigError
-from gainakt3exp.layout import pykt_entry
-from gainakt3exp.params import resolve_params
-from gainakt3exp.synthetic import generate_synthetic
 
 
 def invoke(*args):
@@ -136,7 +137,7 @@ def test_unregister_refuses_a_built_in_or_unknown_set(user_registry):
 @pytest.fixture
 def recorded(tmp_path, user_registry):
     """A user data set on disk and the config.json fields a run on it records."""
-    from gainakt3exp.experiment import data_record
+    from gainakt3exp.service.record import data_record
 
     generate_synthetic(tmp_path / "mine", students=30, skills=20, seed=2, maxlen=200)
     registry.register({"mine": pykt_entry(str(tmp_path / "mine"), 20, 200, 3, [0, 1, 2, 3, 4])})
@@ -146,7 +147,7 @@ def recorded(tmp_path, user_registry):
 
 
 def _check(config):
-    from gainakt3exp.experiment import check_data_unchanged
+    from gainakt3exp.service.reproduce import check_data_unchanged
 
     said = []
     check_data_unchanged(config, config["params"], "r1", echo=said.append)

@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 from mlflow.entities import Metric
 
-from gainakt3exp import files, runs, tracking
+from gainakt3exp.tracking import store as tracking_store
+from gainakt3exp import files, tracking
 from gainakt3exp.errors import RunNotFoundError
+from gainakt3exp.service import runs
 
 _ids = itertools.count(420001)
 _names = itertools.count(1)
@@ -119,7 +121,7 @@ def test_marking_stale_removes_temp_files_of_unfinished_artifact_writes_only(cli
     rid = make_run(client, eid, status="RUNNING", tags={"gakt.host": platform.node(), "gakt.pid": str(dead_pid())})
     tracking.publish_bytes(client, rid, "model_best.pth", b"complete")
     tracking.publish_bytes(client, rid, "plots/trajectory.png", b"png")
-    folder = tracking._local_artifact_dir(client.get_run(rid).info.artifact_uri)
+    folder = tracking_store._local_artifact_dir(client.get_run(rid).info.artifact_uri)
     partial = [folder / ".model_best.pth.k3x_9a0q.gakt-partial",
                folder / "plots" / ".trajectory.png.abcdefgh.gakt-partial"]
     for path in partial:
@@ -143,7 +145,7 @@ def test_a_run_stale_by_idleness_alone_keeps_its_temp_files(client, experiment):
     old = int(time.time() * 1000) - 10 * 3600 * 1000
     rid = make_run(client, eid, status="RUNNING", start_time=old, tags={"gakt.host": "elsewhere", "gakt.pid": "1"})
     tracking.publish_bytes(client, rid, "config.json", b"{}")
-    folder = tracking._local_artifact_dir(client.get_run(rid).info.artifact_uri)
+    folder = tracking_store._local_artifact_dir(client.get_run(rid).info.artifact_uri)
     partial = folder / ".model_best.pth.abcd1234.gakt-partial"
     partial.write_bytes(b"in progress")
     stale = [s for s in runs.find_stale_runs(client, older_than_minutes=60) if s["run_id"] == rid]
@@ -241,7 +243,7 @@ def test_latest_training_id_skips_reproductions_and_evaluations(client, experime
 def test_a_sigterm_inside_an_mlflow_write_stays_an_interruption(client, experiment):
     """The SIGTERM handler raises Interrupted wherever the process is; inside MLflow's SQL session (which wraps any
     Exception in MlflowException) it must come out as Interrupted, so the run is marked KILLED, not FAILED."""
-    from gainakt3exp.train import Interrupted
+    from gainakt3exp.loops.train import Interrupted
 
     store = client._tracking_client.store
     with pytest.raises(Interrupted, match="received SIGTERM"):
@@ -267,7 +269,7 @@ def test_a_sigterm_inside_a_store_write_is_raised_after_it_and_the_kill_is_recor
     of a study driver). The interruption now waits for the write to end."""
     import sqlalchemy
 
-    from gainakt3exp.train import Interrupted
+    from gainakt3exp.loops.train import Interrupted
 
     run_id = client.create_run(experiment[1]).info.run_id
     before = signal.getsignal(signal.SIGTERM)

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from server_utils import client_env, free_port, start_server  # tests/ is on pythonpath (pyproject)
 
 pytestmark = pytest.mark.slow

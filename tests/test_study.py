@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from gainakt3exp.runs import process_alive
+from gainakt3exp.service.runs import process_alive
 
 pytestmark = pytest.mark.slow
 

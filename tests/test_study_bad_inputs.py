@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from test_bad_inputs import _reset_mlflow_uri, store_dir  # noqa: F401 - the same fixtures (tests/ is on the path)
 
 from gainakt3exp.cli import main
-from test_bad_inputs import _reset_mlflow_uri, store_dir  # noqa: F401 - the same fixtures (tests/ is on the path)
 
 
 @pytest.fixture(autouse=True)

@@ -7,10 +7,10 @@ import shlex
 import pytest
 from click.testing import CliRunner
 
-from gainakt3exp import search
 from gainakt3exp.cli import main
 from gainakt3exp.errors import ConfigError
-from gainakt3exp.study_plan import build_plan, child_title, launch_line
+from gainakt3exp.study import search
+from gainakt3exp.study.plan import build_plan, child_title, launch_line
 
 
 def _plan(synthetic_root, grid=(), folds="0,1", seeds="42,43", **overrides):

@@ -13,10 +13,15 @@ import statistics
 import pytest
 from click.testing import CliRunner
 from mlflow.entities import Metric
-
-from gainakt3exp import runs, study, study_repro, study_report, tracking
-from gainakt3exp.cli import main
 from test_runs import client  # noqa: F401 - one real SQLite store for the module (tests/ is on the path)
+
+from gainakt3exp import tracking
+from gainakt3exp.cli import main
+from gainakt3exp.service import runs
+from gainakt3exp.study import driver as study
+from gainakt3exp.study import lifecycle
+from gainakt3exp.study import report as study_report
+from gainakt3exp.study import repro as study_repro
 
 _ids = itertools.count(610001)
 
@@ -40,10 +45,10 @@ def make_parent(client, experiment_id, *, grid=None, evaluate=False, repro_of=No
 
 def make_child(client, experiment_id, parent_id, *, slot, fold, seed, val_auc, point=0, values=None, attempt=1,
                status="FINISHED", test_auc=None, repro_of=None, correlation=(0.1, 0.2, 0.3)):
-    tags = {study_report.TAG_STUDY_RUN: parent_id, "mlflow.parentRunId": parent_id,
-            study_report.TAG_SLOT: str(slot), study_report.TAG_ATTEMPT: str(attempt),
-            study_report.TAG_POINT: str(point), study_report.TAG_POINT_VALUES: json.dumps(values or {}),
-            study_report.TAG_FOLD: str(fold), study_report.TAG_SEED: str(seed), tracking.TAG_EXP_ID: str(next(_ids)),
+    tags = {tracking.TAG_STUDY_RUN: parent_id, "mlflow.parentRunId": parent_id,
+            tracking.TAG_SLOT: str(slot), tracking.TAG_ATTEMPT: str(attempt),
+            tracking.TAG_POINT: str(point), tracking.TAG_POINT_VALUES: json.dumps(values or {}),
+            tracking.TAG_FOLD: str(fold), tracking.TAG_SEED: str(seed), tracking.TAG_EXP_ID: str(next(_ids)),
             tracking.TAG_OUTCOME: "finished" if status == "FINISHED" else "failed"}
     if repro_of:
         tags[tracking.TAG_REPRO_OF] = repro_of
@@ -136,7 +141,7 @@ def test_compare_of_a_study_whose_child_differs_says_differs_and_exits_1(client,
 def test_runs_lists_a_study_with_its_children_count_and_not_its_children(client, experiment_id):
     parent = make_parent(client, experiment_id, total=2)
     make_child(client, experiment_id, parent, slot=0, fold=0, seed=42, val_auc=[0.6])
-    client.set_tag(parent, study_report.TAG_FINISHED, "1")
+    client.set_tag(parent, tracking.TAG_FINISHED, "1")
     name = client.get_experiment(experiment_id).name
     rows = runs.list_runs(client, experiment_name=name)
     assert [(r["run_id"], r["kind"], r["children"]) for r in rows] == [(parent, "study", "1/2")]
@@ -154,5 +159,5 @@ def test_a_started_child_counts_as_running_until_its_task_returns(client, experi
     waiting = make_child(client, experiment_id, parent, slot=3, fold=3, seed=1, val_auc=[0.6])
     client.set_tag(waiting, tracking.TAG_OUTCOME, "pending")
     not_returned = {training, evaluating, waiting}  # the engine returned `done`'s task
-    assert study_report.count_running(client, parent, not_returned) == 2
-    assert study_report.count_running(client, parent, not_returned | {done}) == 3
+    assert lifecycle.count_running(client, parent, not_returned) == 2
+    assert lifecycle.count_running(client, parent, not_returned | {done}) == 3

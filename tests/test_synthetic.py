@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from gainakt3exp import data
-from gainakt3exp.registry import lookup
+from gainakt3exp.data import sequences as data
+from gainakt3exp.data.registry import lookup
+from gainakt3exp.data.synthetic import generate_synthetic, simulate_students
 from gainakt3exp.errors import ConfigError
-from gainakt3exp.synthetic import generate_synthetic, simulate_students
 
 
 @pytest.fixture(autouse=True)
@@ -85,8 +85,8 @@ def test_all_skill_truth_of_the_practised_skill_equals_the_truth_file(tmp_path):
     file's value (written to 4 decimals); the other skills follow the same law with their own practice counts."""
     import numpy as np
 
-    from gainakt3exp.data import read_sequences
-    from gainakt3exp.synthetic import all_skill_truth, generate_synthetic, simulate_students, split_students
+    from gainakt3exp.data.sequences import read_sequences
+    from gainakt3exp.data.synthetic import all_skill_truth, generate_synthetic, simulate_students, split_students
 
     generate_synthetic(tmp_path, students=300, skills=10, seed=5, maxlen=200)
     sim, groups = simulate_students(300, 10, 5), split_students(300, 5)
@@ -114,7 +114,7 @@ def _one_skill_sim(responses, difficulty=0.3):
 
 
 def _law(a, rate, practice, difficulty):
-    from gainakt3exp import synthetic as s
+    from gainakt3exp.data import synthetic as s
 
     return s.GUESS + (1 - s.GUESS - s.SLIP) / (1 + np.exp(-(a - difficulty + s.BASE_LOGIT + rate * practice)))
 
@@ -123,7 +123,7 @@ def test_the_bayes_prediction_of_a_first_attempt_is_the_law_averaged_over_the_ab
     from scipy import integrate
     from scipy.stats import norm
 
-    from gainakt3exp.synthetic import bayes_predictive
+    from gainakt3exp.data.synthetic import bayes_predictive
 
     pred = bayes_predictive(_one_skill_sim([1]), np.array([0]))
     exact, _ = integrate.quad(lambda a: norm.pdf(a) * _law(a, 0.0, 0, 0.3), -10, 10)
@@ -133,7 +133,7 @@ def test_the_bayes_prediction_of_a_first_attempt_is_the_law_averaged_over_the_ab
 def test_the_bayes_prediction_after_one_answer_is_the_exact_posterior_predictive():
     """P(r_2 = 1 | r_1) by Gauss-Hermite quadrature (other nodes than the predictor's grid) over the ability and
     the log-normal rate; a right first answer raises the prediction, a wrong one lowers it."""
-    from gainakt3exp import synthetic as s
+    from gainakt3exp.data import synthetic as s
 
     nodes, weights = np.polynomial.hermite_e.hermegauss(120)  # for E over N(0, 1)
     a, z = nodes[:, None], nodes[None, :]
@@ -149,19 +149,20 @@ def test_the_bayes_prediction_after_one_answer_is_the_exact_posterior_predictive
 
 
 def test_the_bayes_prediction_ranks_between_the_practice_count_and_the_oracle():
-    from gainakt3exp import metrics, synthetic as s
+    from gainakt3exp.data import synthetic as s
+    from gainakt3exp.metrics import stats
 
     sim = simulate_students(300, 8, seed=5)
     ids = np.arange(300)
     pred = s.bayes_predictive(sim, ids)
     y, truth = sim["response"], s.GUESS + (1 - s.GUESS - s.SLIP) * sim["mastery"]
-    bayes, oracle = metrics.roc_auc(y, pred), metrics.roc_auc(y, truth)
-    counter = metrics.roc_auc(y, sim["practice"] + 1e-6 * np.arange(len(y)) / len(y))
+    bayes, oracle = stats.roc_auc(y, pred), stats.roc_auc(y, truth)
+    counter = stats.roc_auc(y, sim["practice"] + 1e-6 * np.arange(len(y)) / len(y))
     assert counter < bayes < oracle, (counter, bayes, oracle)
 
 
 def test_window_priors_count_the_practice_a_continued_window_hides_and_how_often_windows_continue():
-    from gainakt3exp.synthetic import window_priors
+    from gainakt3exp.data.synthetic import window_priors
 
     # one student, 7 steps, windows of 3: [0, 3) and [3, 6) (the remainder of 1 step is dropped, as in pyKT)
     sim = {"difficulty": np.zeros(2), "lengths": np.array([7]), "skill": np.array([0, 0, 1, 1, 1, 0, 0]),
@@ -174,7 +175,7 @@ def test_window_priors_count_the_practice_a_continued_window_hides_and_how_often
 
 def test_the_window_bayes_prediction_of_whole_histories_is_the_history_bayes_prediction():
     """No history is longer than a window (maxlen 400 = LENGTH_MAX): no window continues, nothing is hidden."""
-    from gainakt3exp import synthetic as s
+    from gainakt3exp.data import synthetic as s
 
     sim = simulate_students(40, 4, seed=3)
     ids = np.arange(40)
@@ -188,8 +189,9 @@ def test_the_window_bayes_prediction_infers_the_practice_a_continued_window_hide
     """Windows of 30 steps: most rows continue a history. Reading the window only, the mixture over 'a whole
     history' and 'a continuation from unknown earlier practice' predicts the continued windows better than taking
     every window as a whole history, and no better than bayes_predictive, which sees the hidden steps."""
-    from gainakt3exp import metrics, synthetic as s
-    from gainakt3exp.layout import split_windows
+    from gainakt3exp.data import synthetic as s
+    from gainakt3exp.data.layout import split_windows
+    from gainakt3exp.metrics import stats
 
     sim = simulate_students(160, 4, seed=11)
     train, test = np.arange(80), np.arange(80, 160)
@@ -207,6 +209,6 @@ def test_the_window_bayes_prediction_infers_the_practice_a_continued_window_hide
     continued = np.concatenate([np.full(n - 1, s0 > 0) for s0, n in zip(start, length)])
     y = sim["response"][s.student_steps(sim, test)][scored]
     assert continued.mean() > 0.5
-    auc = {name: metrics.roc_auc(y[continued], p[continued]) for name, p in
+    auc = {name: stats.roc_auc(y[continued], p[continued]) for name, p in
            (("mixed", mixed[in_window]), ("whole", whole[in_window]), ("history", history[scored]))}
     assert auc["whole"] < auc["mixed"] < auc["history"], auc

@@ -4,8 +4,9 @@ import math
 import pytest
 import torch
 
-from gainakt3exp.tracking import MemorySink
-from gainakt3exp.train import checkpoint_bytes, load_checkpoint, train_model
+from gainakt3exp.loops.checkpoint import checkpoint_bytes, load_checkpoint
+from gainakt3exp.loops.sink import MemorySink
+from gainakt3exp.loops.train import train_model
 
 TIMING = ("seconds", "per_second")
 
@@ -64,7 +65,7 @@ GOLDEN_VAL_AUC = 0.5009486166007905
 
 
 def test_best_checkpoint_is_a_real_copy_of_the_weights(tiny_params):
-    from gainakt3exp.model import GainAKT3Exp
+    from gainakt3exp.model.network import GainAKT3Exp
 
     model = GainAKT3Exp.from_params(tiny_params, 20)
     blob = checkpoint_bytes(model, tiny_params, 20, 1, 0.5)
@@ -106,7 +107,7 @@ def test_results_hold_the_semantic_trajectory_like_the_seed(tiny_params):
 
 
 def test_pure_bce_trains_without_heads(tiny_params):
-    from gainakt3exp.params import resolve_params
+    from gainakt3exp.config.params import resolve_params
 
     params = resolve_params({"data_root": tiny_params["data_root"]}, ["tiny", "pure-bce"]).params
     sink = MemorySink()
@@ -130,8 +131,8 @@ def test_the_learning_rate_of_each_epoch_follows_lr_schedule(tiny_params, schedu
 
 
 def test_an_unknown_lr_schedule_is_refused_with_the_choices():
+    from gainakt3exp.config.params import resolve_params
     from gainakt3exp.errors import ConfigError
-    from gainakt3exp.params import resolve_params
 
     with pytest.raises(ConfigError, match="lr_schedule='linear': must be plateau or cosine"):
         resolve_params({"lr_schedule": "linear"})
@@ -169,25 +170,24 @@ def _syncs_of_one_epoch(params, rows, monkeypatch) -> int:
     """Calls our code makes that read a tensor back to the host (each one a device sync on a GPU), in one
     _train_epoch over `rows` of the training windows. Calls from torch itself (the optimizer's CPU step count) are
     not ours and not counted."""
+    import dataclasses
     import inspect
 
     import numpy as np
 
-    import dataclasses
+    from gainakt3exp.loops import runtime, train
 
-    from gainakt3exp import train as train_mod
-
-    data = train_mod.load_train_data(params)
+    data = train.load_train_data(params)
     seqs = dataclasses.replace(data.train, **{f.name: getattr(data.train, f.name)[np.asarray(rows)]
                                               for f in dataclasses.fields(data.train)
                                               if isinstance(getattr(data.train, f.name), np.ndarray)})
     device = torch.device("cpu")
-    train_mod.seed_everything(params, device)
-    from gainakt3exp.losses import Objective
-    from gainakt3exp.model import GainAKT3Exp
+    runtime.seed_everything(params, device)
+    from gainakt3exp.model.network import GainAKT3Exp
+    from gainakt3exp.objective.controller import Objective
 
     model = GainAKT3Exp.from_params(params, data.spec.num_c)
-    optimizer = train_mod.build_optimizer(model, params)
+    optimizer = train.build_optimizer(model, params)
     count = [0]
     for name in _SYNCS:
         original = getattr(torch.Tensor, name)
@@ -200,7 +200,7 @@ def _syncs_of_one_epoch(params, rows, monkeypatch) -> int:
 
         monkeypatch.setattr(torch.Tensor, name, counted)
     try:
-        train_mod._train_epoch(model, Objective(params), optimizer, seqs, params, device,
+        train._train_epoch(model, Objective(params), optimizer, seqs, params, device,
                                torch.Generator().manual_seed(0), MemorySink(), 0, lambda *a: None)
     finally:
         monkeypatch.undo()
@@ -228,17 +228,17 @@ def test_train_loss_is_the_per_step_bce_of_the_batch_like_val_loss(tiny_params):
 
     import numpy as np
 
-    from gainakt3exp import data as data_mod
-    from gainakt3exp import train as train_mod
-    from gainakt3exp.model import GainAKT3Exp
+    from gainakt3exp.data import sequences as data_mod
+    from gainakt3exp.loops import runtime, train
+    from gainakt3exp.model.network import GainAKT3Exp
 
     params = {**tiny_params, "dropout": 0.0, "batch_size": 8, "epochs": 1}
-    full = train_mod.load_train_data(params)
+    full = train.load_train_data(params)
     rows = np.arange(8)
     one = dataclasses.replace(full.train, **{f.name: getattr(full.train, f.name)[rows]
                                              for f in dataclasses.fields(full.train)
                                              if isinstance(getattr(full.train, f.name), np.ndarray)})
-    train_mod.seed_everything(params, torch.device("cpu"))
+    runtime.seed_everything(params, torch.device("cpu"))
     model = GainAKT3Exp.from_params(params, full.spec.num_c)
     batch = data_mod.make_batch(one, rows, "cpu")
     with torch.no_grad():
@@ -246,6 +246,6 @@ def test_train_loss_is_the_per_step_bce_of_the_batch_like_val_loss(tiny_params):
     y, m = batch.y.double().numpy(), batch.mask.numpy()
     bce = np.mean((np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z))))[m])
     sink = MemorySink()
-    train_model(params, sink, train_mod.TrainData(full.spec, one, full.valid))
+    train_model(params, sink, train.TrainData(full.spec, one, full.valid))
     assert sink.metrics["train/loss"][0][1] == pytest.approx(bce, abs=1e-6)
     assert sink.metrics["train/objective"][0][1] > sink.metrics["train/loss"][0][1]

@@ -32,7 +32,7 @@ def test_an_existing_experiment_without_a_kind_gets_it_and_a_chosen_kind_stays(c
 
 
 def test_eval_table_has_a_row_per_split_and_a_column_per_metric():
-    from gainakt3exp.runner import eval_table
+    from gainakt3exp.service.evaluation import eval_table
 
     table = eval_table({"checkpoint_epoch": 3, "test_auc": 0.712345, "test_window_auc": 0.7, "test_n": 10,
                         "valid_auc": 0.69, "valid_mastery_correlation": float("nan"), "test_mastery_correlation": 0.1})
@@ -50,7 +50,7 @@ def _ui_run(tmp_path):
 
     from server_utils import client_env, start_server
 
-    from gainakt3exp.synthetic import generate_synthetic
+    from gainakt3exp.data.synthetic import generate_synthetic
 
     bin_dir = Path(sys.executable).parent
     generate_synthetic(tmp_path / "data" / "synthetic", students=120, skills=20, seed=3, maxlen=200)

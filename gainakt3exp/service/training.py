@@ -1,0 +1,173 @@
+"""service.training (from runner.py): to be described."""
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import sys
+
+import click
+
+from gainakt3exp import tracking
+from gainakt3exp.config.params import format_value
+from gainakt3exp.errors import ConfigError, ReproError
+from gainakt3exp.service import record as run_record
+from gainakt3exp.service.plots import trajectory_png
+from gainakt3exp.service.record import CONFIG_NAME
+
+
+def run_training(params: dict) -> dict:
+    """Attach to (or create) the run, record everything, train. Returns the results dict."""
+    from gainakt3exp.config.params import resolve_params
+    from gainakt3exp.loops.train import Interrupted, load_train_data, train_model
+
+    resolved = resolve_params(params)
+    data = load_train_data(params)  # missing/malformed data fails before the run is touched further
+    client = tracking.connect()
+    import mlflow
+
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    with tracking.whole_call():
+        if run_id is None:
+            exp_id = tracking.ensure_experiment(client, tracking.experiment_name())
+            run = mlflow.start_run(experiment_id=exp_id)
+        else:
+            run = mlflow.start_run()
+    run_id = run.info.run_id
+    sink = tracking.MlflowSink(client, run_id)
+    with tracking.interruptions(lambda name: Interrupted(f"received {name}")):
+        try:
+            _record_run(client, run_id, resolved, data)
+            _report_objective(sink, params)
+            results = train_model(
+                params, sink, data,
+                on_checkpoint=lambda blob: tracking.publish_bytes(client, run_id, "model_best.pth", blob),
+                on_epoch=_echo_epoch,
+            )
+            _store_results(client, run_id, results)
+            sink.set_tags({tracking.TAG_OUTCOME: "finished",
+                           "gakt.best_val_auc": f"{results['best_val_auc']:.6f}",
+                           "gakt.best_epoch": results["best_epoch"]})
+            _end_run("FINISHED")
+            return results
+        except (Interrupted, KeyboardInterrupt) as exc:
+            _finish(sink, "killed", str(exc) or "KeyboardInterrupt")
+            _end_run("KILLED")
+            click.echo(f"training interrupted ({exc or 'Ctrl-C'}); run {run_id} marked KILLED, artifacts kept",
+                       err=True)
+            sys.exit(130)
+        except BaseException as exc:
+            _finish(sink, "failed", f"{type(exc).__name__}: {exc}")
+            _end_run("FAILED")
+            raise
+
+
+def _end_run(status: str) -> None:
+    import mlflow
+
+    with tracking.whole_call():
+        mlflow.end_run(status)
+
+
+def _report_objective(sink, params: dict) -> None:
+    """Which objective terms act, which are identically zero and why: printed and tagged (also in config.json)."""
+    from gainakt3exp.objective.report import format_objective_report, objective_report
+
+    report = objective_report(params)
+    click.echo(format_objective_report(report), err=True)
+    sink.set_tags({f"gakt.objective.{term}": entry["status"] for term, entry in report.items()})
+
+
+def _echo_epoch(info: dict) -> None:
+    """One line per epoch on stderr, so a log shows progress even without a terminal."""
+    m = info["metrics"]
+    parts = [f"epoch {info['epoch']}"] + [f"{key} {m[key]:.4f}" for key in
+                                          ("train/loss", "train/objective", "val/loss", "val/auc", "val/accuracy",
+                                           "trajectory/mastery_correlation",
+                                           "trajectory/gain_correlation") if key in m]
+    click.echo("  ".join(parts) + f"  ({m.get('train/epoch_seconds', 0):.1f} s)", err=True)
+
+
+def _finish(sink, outcome: str, reason: str) -> None:
+    try:
+        sink.set_tags({tracking.TAG_OUTCOME: outcome, "gakt.outcome_reason": reason[:500]})
+    except Exception as exc:  # noqa: BLE001 - the store may be what failed; the status below still tries
+        click.echo(f"warning: could not tag the run's outcome '{outcome}' ({exc})", err=True)
+
+
+def _record_run(client, run_id: str, resolved, data) -> None:
+    """Params (unless `mlflow run` logged them), config.json (or check the one placed there), tags."""
+    from mlflow.entities import Param
+
+    params = resolved.params
+    run = client.get_run(run_id)
+    logged = tracking.read_params(run)
+    if logged:
+        diffs = run_record.compare_logged(logged, params)
+        if diffs:
+            raise ConfigError("the run's logged params differ from the parameters given:\n"
+                              + "\n".join(f"  - {d}" for d in diffs))
+    else:
+        entries = [Param(k, format_value(v)) for k, v in params.items()]
+        for i in range(0, len(entries), 100):
+            client.log_batch(run_id, params=entries[i:i + 100])
+
+    tags = run.data.tags
+    parsed = run_record.parse_run_name(run.info.run_name)
+    title, exp_id = parsed if parsed else (tags.get(tracking.TAG_TITLE, "adhoc"),
+                                           tags.get(tracking.TAG_EXP_ID) or run_record.new_experiment_id(client))
+    exp_id = tags.get(tracking.TAG_EXP_ID, exp_id)
+    title = tags.get(tracking.TAG_TITLE, title)
+    from gainakt3exp.data.registry import user_registry_path
+    from gainakt3exp.data.sequences import dataset_record, file_hashes
+
+    hashes = file_hashes(data.spec)  # the files training just loaded
+    code = run_record.code_version()
+    if tracking.has_artifact(client, run_id, CONFIG_NAME):
+        config, _raw = run_record.read_config(client, run_id)
+        recorded = run_record.config_params(config)
+        diffs = [f"'{k}': config.json {recorded.get(k)!r}, this run {params.get(k)!r}"
+                 for k in sorted(set(recorded) | set(params)) if recorded.get(k) != params.get(k)]
+        if diffs:
+            raise ReproError("config.json of this run records other parameters:\n"
+                             + "\n".join(f"  - {d}" for d in diffs))
+        if config.get("data_hashes") != hashes:
+            click.echo("warning: the data files differ from those config.json records (data hashes)", err=True)
+    else:
+        experiment_name = client.get_experiment(run.info.experiment_id).name
+        config = run_record.build_config(resolved, experiment_name=experiment_name, run_name=run.info.run_name,
+                                         exp_id=exp_id, short_title=title, hashes=hashes, code=code,
+                                         dataset=dataset_record(data.spec, hashes))
+        tracking.publish_bytes(client, run_id, CONFIG_NAME, run_record.config_bytes(config))
+
+    import mlflow
+    import torch
+
+    from gainakt3exp.loops.runtime import resolve_device
+
+    data_hash = hashlib.sha256("".join(f"{k}:{v};" for k, v in sorted(hashes.items())).encode()).hexdigest()
+    kind = "repro" if tracking.TAG_REPRO_OF in tags else "train"
+    new_tags = {
+        tracking.TAG_EXP_ID: exp_id, tracking.TAG_TITLE: title, tracking.TAG_KIND: kind,
+        tracking.TAG_OUTCOME: "running",
+        "gakt.git_commit": code["git_commit"], "gakt.git_dirty": str(code["git_dirty"]).lower(),
+        "gakt.package_version": code["package_version"],
+        "gakt.torch_version": torch.__version__, "gakt.mlflow_version": mlflow.__version__,
+        "gakt.python_version": platform.python_version(),
+        "gakt.device": str(resolve_device(params["device"])), "gakt.torch_threads": str(torch.get_num_threads()),
+        "gakt.data_hash": data_hash, "gakt.host": platform.node(), "gakt.pid": str(os.getpid()),
+        "gakt.data_root_resolved": str(data.spec.root),
+        "gakt.data_registry": str(user_registry_path()), "gakt.data_source": data.spec.origin,
+    }
+    tracking.MlflowSink(client, run_id).set_tags(new_tags)
+
+
+def _store_results(client, run_id: str, results: dict) -> None:
+    from gainakt3exp.loops.checkpoint import metrics_csv
+
+    csv_text = metrics_csv(results["train_history"]["epochs"])
+    tracking.publish_bytes(client, run_id, "metrics_epoch.csv", csv_text.encode())
+    tracking.publish_bytes(client, run_id, "results.json", tracking.json_bytes(results))
+    png = trajectory_png(results["train_history"]["semantic_trajectory"])
+    if png:
+        tracking.publish_bytes(client, run_id, "trajectory.png", png)

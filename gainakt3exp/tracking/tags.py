@@ -1,0 +1,25 @@
+"""The names of every MLflow tag the project writes or reads, defined once (gakt.<name>)."""
+from __future__ import annotations
+
+# --- every run ---
+TAG_EXP_ID = "gakt.experiment_id"
+TAG_TITLE = "gakt.short_title"
+TAG_KIND = "gakt.kind"  # train | repro | eval
+TAG_OUTCOME = "gakt.outcome"
+TAG_OUTCOME_REASON = "gakt.outcome_reason"
+TAG_REPRO_OF = "gakt.reproduction_of"
+TAG_EVAL_OF = "gakt.evaluation_of"
+TAG_BEST_VAL_AUC = "gakt.best_val_auc"
+TAG_HOST = "gakt.host"
+TAG_PID = "gakt.pid"
+
+# --- studies: the parent and its children ---
+TAG_STUDY_ID = "gakt.study_id"
+TAG_STUDY_RUN = "gakt.study_run"  # on every child: the run id of its study's parent
+TAG_SLOT = "gakt.study_slot"
+TAG_ATTEMPT = "gakt.study_attempt"
+TAG_POINT = "gakt.study_point"
+TAG_POINT_VALUES = "gakt.study_point_values"  # JSON of the point's grid values / the trial's parameters
+TAG_FOLD, TAG_SEED = "gakt.study_fold", "gakt.study_seed"  # known before the child logs its params
+TAG_TOTAL = "gakt.children_total"
+TAG_FINISHED = "gakt.children_finished"
