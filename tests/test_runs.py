@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from mlflow.entities import Metric
 
-from gainakt3exp.tracking import store as tracking_store
 from gainakt3exp import files, tracking
 from gainakt3exp.errors import RunNotFoundError
 from gainakt3exp.service import runs
+from gainakt3exp.tracking import store as tracking_store
 
 _ids = itertools.count(420001)
 _names = itertools.count(1)

@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from gainakt3exp.config.params import format_value, load_defaults
+from gainakt3exp.config.params import format_value, load_defaults, parameter_meanings
 from gainakt3exp.errors import GaktError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
@@ -48,9 +48,7 @@ def _require_value(ctx, param, value):
 
 def param_options(func):
     """One optional `--<name> VALUE` per run parameter (values parsed and validated together, bools true|false)."""
-    from gainakt3exp.service.entry import _meanings
-
-    meanings = _meanings()
+    meanings = parameter_meanings()
     defaults = load_defaults().values
     for key in reversed(list(defaults)):
         # A bool option given bare gets _NO_VALUE (then refused); others keep click's "requires an argument",

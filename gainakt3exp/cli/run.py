@@ -87,20 +87,16 @@ def compare_cmd(run: str, repro, tolerance: float, as_json: bool) -> None:
     Example:
       gakt-compare 423891 --tolerance 1e-6
     """
-    from gainakt3exp import tracking
-    from gainakt3exp.service.compare import compare_runs, format_report, report_json, verdict_exit_code
+    from gainakt3exp.service.compare import format_report, report_json, verdict_exit_code
+    from gainakt3exp.study.repro import compare_any, format_study_comparison
 
     if tolerance < 0:
         raise click.BadParameter("must be >= 0", param_hint="--tolerance")
-    client = tracking.connect()
-    from gainakt3exp.study.repro import compare_study, format_study_comparison, is_study
-
-    if is_study(tracking.resolve_run(client, run)):
-        report = compare_study(client, run, repro, tolerance)
-        click.echo(report_json(report) if as_json else format_study_comparison(report))
-        sys.exit(verdict_exit_code(report))
-    report = compare_runs(client, run, repro, tolerance)
-    click.echo(report_json(report) if as_json else format_report(report))
+    report, study = compare_any(run, repro, tolerance)
+    if as_json:
+        click.echo(report_json(report))
+    else:
+        click.echo(format_study_comparison(report) if study else format_report(report))
     sys.exit(verdict_exit_code(report))
 
 
@@ -118,10 +114,10 @@ def eval_cmd(run: str, max_correlation_students, batch_size, device) -> None:
     Example:
       gakt-eval 423891
     """
-    from gainakt3exp import tracking
     from gainakt3exp.service.evaluation import evaluate_run
+    from gainakt3exp.service.runs import open_store
 
-    results = evaluate_run(tracking.connect(), run, max_correlation_students=max_correlation_students,
+    results = evaluate_run(open_store()[0], run, max_correlation_students=max_correlation_students,
                            batch_size=batch_size, device=device, echo=lambda m: click.echo(m, err=True))
     for key in ("valid_auc", "test_auc", "test_window_auc", "test_accuracy", "test_mastery_correlation",
                 "test_gain_correlation"):
@@ -149,7 +145,6 @@ def runs_cmd(limit: int, stale: bool, older_than, mark: bool, latest_id: bool, e
       gakt-runs --limit 10
       gakt-runs --stale --mark
     """
-    from gainakt3exp import tracking
     from gainakt3exp.service.runs import (
         find_stale_runs,
         format_runs,
@@ -157,12 +152,12 @@ def runs_cmd(limit: int, stale: bool, older_than, mark: bool, latest_id: bool, e
         latest_training_exp_id,
         list_runs,
         mark_stale_runs,
+        open_store,
     )
 
     if mark and not stale:
         raise click.UsageError("--mark goes with --stale")
-    client = tracking.connect()
-    name = tracking.experiment_name(experiment) if experiment else None
+    client, name = open_store(experiment)
     if stale:
         found = find_stale_runs(client, older_than if older_than is not None else float("inf"), name)
         click.echo(format_stale(found))

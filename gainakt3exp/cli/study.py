@@ -128,12 +128,10 @@ def show_cmd(study: str, as_json: bool) -> None:
     Example:
       gakt-study show 512034 --json
     """
-    from gainakt3exp import tracking
-    from gainakt3exp.study.driver import study_parent
-    from gainakt3exp.study.report import build_report, format_report, report_json
+    from gainakt3exp.study.driver import load_report
+    from gainakt3exp.study.report import format_report, report_json
 
-    client = tracking.connect()
-    report = build_report(client, study_parent(client, study).info.run_id)
+    report = load_report(study)
     click.echo(report_json(report) if as_json else format_report(report))
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from gainakt3exp.config.choices import LAG_WEIGHT_KEYS, format_value, rule_problems
 from gainakt3exp.data.registry import known_sets, known_summary, lookup
 from gainakt3exp.errors import ConfigError
 from gainakt3exp.paths import CONFIG_DIR
@@ -28,14 +29,6 @@ DEFAULTS_FILE = CONFIG_DIR / "parameter_default.json"
 PROFILES_DIR = CONFIG_DIR / "profiles"
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
-#: Allowed values of string choices, defined once: the model and the objective import them from here.
-EMB_TYPES = ("qid", "concept_plus_response")
-ATTENTION_BIASES = ("none", "alibi")
-#: query_embedding: the prediction head's vector of the next concept is its own (the seed), or the context / value
-#: stream's concept embedding (tied weights; needs emb_type concept_plus_response, whose tables have one row per concept)
-QUERY_EMBEDDINGS = ("own", "context", "value")
-ALIGNMENT_POPULATIONS = ("pooled", "within_student")
-LR_SCHEDULES = ("plateau", "cosine")
 _TRUE, _FALSE = {"true"}, {"false"}
 
 
@@ -101,15 +94,6 @@ def load_defaults(path: Path = DEFAULTS_FILE) -> Defaults:
     return Defaults(values=values, groups=groups, md5=raw["md5"])
 
 
-def format_value(value: Any) -> str:
-    """The one canonical string of a typed value: what goes into `-P key=value` and the MLflow params."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
-
-
 def parse_value(key: str, raw: Any, kind: str) -> Any:
     """Parse a string (or an already typed value) into `kind`; raises ValueError with what is allowed."""
     if kind == "bool":
@@ -143,6 +127,15 @@ def parse_value(key: str, raw: Any, kind: str) -> Any:
             raise ValueError("expected a finite number")
         return value
     return str(raw)
+
+
+def parameter_meanings() -> dict[str, str]:
+    """Each parameter's one-line help, `meaning [type, default D]`, from configs/parameters.csv."""
+    import csv
+
+    with open(CONFIG_DIR / "parameters.csv", newline="") as handle:
+        return {row["name"]: f"{row['meaning']} [{row['type']}, default {row['default']}]"
+                for row in csv.DictReader(handle)}
 
 
 def list_profiles() -> list[str]:
@@ -218,27 +211,12 @@ def _problem_text(problems: Iterable[str]) -> str:
 
 # --- validation --------------------------------------------------------------------------------------------------
 
-_CONSTRAINT_HEADS = {
-    "non_negative_loss_weight": ("use_gain_head",),
-    "monotonicity_loss_weight": ("use_mastery_head",),
-    "mastery_performance_loss_weight": ("use_mastery_head",),
-    "gain_performance_loss_weight": ("use_gain_head",),
-    "sparsity_loss_weight": ("use_gain_head",),
-    "consistency_loss_weight": ("use_mastery_head", "use_gain_head"),
-}
-_SWITCH_HEADS = {
-    "enable_alignment_loss": ("use_mastery_head", "use_gain_head"),
-    "enable_global_alignment_pass": ("use_mastery_head", "use_gain_head"),
-    "enable_retention_loss": ("use_mastery_head",),
-    "enable_lag_gain_loss": ("use_gain_head",),
-}
-
 _NON_NEGATIVE = [
     "seed", "weight_decay", "gradient_clip", "lr_plateau_patience", "monitor_freq", "non_negative_loss_weight",
     "monotonicity_loss_weight", "mastery_performance_loss_weight", "gain_performance_loss_weight",
     "sparsity_loss_weight", "consistency_loss_weight", "gain_performance_margin", "warmup_constraint_epochs",
     "alignment_weight", "alignment_warmup_epochs", "alignment_share_cap", "retention_delta", "retention_weight",
-    "lag_gain_weight", "lag_l1_weight", "lag_l2_weight", "lag_l3_weight", "consistency_rebalance_new_weight",
+    "lag_gain_weight", *LAG_WEIGHT_KEYS, "consistency_rebalance_new_weight",
     "variance_floor",
 ]
 _POSITIVE = [
@@ -269,59 +247,16 @@ def check_params(p: Mapping[str, Any]) -> list[str]:
     for k in ("alignment_min_correlation", "consistency_rebalance_threshold"):
         if not -1 <= p[k] <= 1:
             problems.append(f"{k}={format_value(p[k])}: a correlation, must be in [-1, 1]")
-    if p["lr_schedule"] not in LR_SCHEDULES:
-        problems.append(f"lr_schedule={p['lr_schedule']!r}: must be plateau or cosine")
-    if p["optimizer"] not in ("Adam", "AdamW"):
-        problems.append(f"optimizer={p['optimizer']!r}: must be Adam or AdamW")
     if not _DEVICE_RE.match(p["device"]):
         problems.append(f"device={p['device']!r}: must be auto, cpu, cuda or cuda:N")
-    if p["mastery_in_prediction"] not in ("none", "logit", "logit_skill_free"):
-        problems.append(f"mastery_in_prediction={p['mastery_in_prediction']!r}: must be none, logit or "
-                        "logit_skill_free")
-    elif p["mastery_in_prediction"] != "none" and not p["use_mastery_head"]:
-        problems.append(f"mastery_in_prediction={p['mastery_in_prediction']} needs use_mastery_head true: set "
-                        "mastery_in_prediction none or use_mastery_head true")
-    if p["shared_gain"] and not p["use_gain_head"]:
-        problems.append("shared_gain=true shares the gain head's weights between skills, but use_gain_head is false: "
-                        "set shared_gain false or use_gain_head true")
-    if p["gain_scope"] not in ("all_skills", "practised_skill"):
-        problems.append(f"gain_scope={p['gain_scope']!r}: must be all_skills or practised_skill")
-    if p["mastery_link"] not in ("clamp", "logistic"):
-        problems.append(f"mastery_link={p['mastery_link']!r}: must be clamp or logistic")
-    elif p["mastery_link"] == "logistic":
-        if p["gain_scope"] != "practised_skill":
-            problems.append(f"mastery_link=logistic needs gain_scope practised_skill (gain_scope is "
-                            f"{p['gain_scope']}): set gain_scope practised_skill or mastery_link clamp")
-        if p["enhanced_constraints"] and p["consistency_loss_weight"] > 0:
-            problems.append(f"mastery_link=logistic with consistency_loss_weight={format_value(p['consistency_loss_weight'])}: "
-                            "consistency asks m_t - m_{t-1} = scale * g_t, the clamp link's rule; set "
-                            "consistency_loss_weight 0 or mastery_link clamp")
-    if p["emb_type"] not in EMB_TYPES:
-        problems.append(f"emb_type={p['emb_type']!r}: must be qid (one embedding per concept-response token) or "
-                        "concept_plus_response (a concept embedding plus a response embedding)")
-    if p["alignment_population"] not in ALIGNMENT_POPULATIONS:
-        problems.append(f"alignment_population={p['alignment_population']!r}: must be pooled (one correlation over the "
-                        "batch) or within_student (each student's correlation, averaged)")
-    if p["attention_bias"] not in ATTENTION_BIASES:
-        problems.append(f"attention_bias={p['attention_bias']!r}: must be none (plain causal attention) or alibi "
-                        "(a per-head penalty growing with the distance between steps)")
-    if p["query_embedding"] not in QUERY_EMBEDDINGS:
-        problems.append(f"query_embedding={p['query_embedding']!r}: must be own (the head's own concept embedding), "
-                        "context or value (the stream's concept embedding, shared)")
-    elif p["query_embedding"] != "own" and p["emb_type"] != "concept_plus_response":
-        problems.append(f"query_embedding={p['query_embedding']} shares the {p['query_embedding']} stream's concept "
-                        f"embedding, which emb_type {p['emb_type']} does not have (one row per concept-response "
-                        "token): set emb_type concept_plus_response or query_embedding own")
     if p["n_heads"] > 0 and p["d_model"] % p["n_heads"]:
         problems.append(
             f"d_model={p['d_model']} n_heads={p['n_heads']}: n_heads must divide d_model "
             f"(e.g. n_heads {_divisor_hint(p['d_model'], p['n_heads'])})"
         )
-    if not 0 <= p["lag_max_lag"] <= 3:
-        problems.append(f"lag_max_lag={p['lag_max_lag']}: must be 0..3 (lag weights exist for lags 1..3)")
     if p["seq_len"] < 2:
         problems.append(f"seq_len={p['seq_len']}: must be >= 2")
-    problems.extend(_check_heads(p))
+    problems.extend(rule_problems(p))
     problems.extend(_check_dataset(p))
     return problems
 
@@ -330,22 +265,6 @@ def _divisor_hint(d_model: int, n_heads: int) -> str:
     divisors = [h for h in range(1, min(d_model, 64) + 1) if d_model % h == 0]
     best = min(divisors, key=lambda h: (abs(h - n_heads), h)) if divisors else 1
     return f"{best}, or d_model {((d_model // max(n_heads, 1)) + 1) * n_heads}"
-
-
-def _check_heads(p: Mapping[str, Any]) -> list[str]:
-    problems = []
-    for key, heads in _CONSTRAINT_HEADS.items():
-        off = [h for h in heads if not p[h]]
-        if p["enhanced_constraints"] and p[key] > 0 and off:
-            problems.append(
-                f"{key}={format_value(p[key])} needs {' and '.join(heads)} true but {', '.join(off)} is false: "
-                f"set {key} 0 or {off[0]} true"
-            )
-    for key, heads in _SWITCH_HEADS.items():
-        off = [h for h in heads if not p[h]]
-        if p[key] and off:
-            problems.append(f"{key}=true needs {' and '.join(heads)} true: set {key} false or {off[0]} true")
-    return problems
 
 
 def _check_dataset(p: Mapping[str, Any]) -> list[str]:

@@ -1,4 +1,5 @@
-"""loops.checkpoint (from train.py): to be described."""
+"""Checkpoints and the per-epoch CSV: model_best.pth as bytes (weights plus what rebuilds the model), loaded with
+weights_only so no pickled code runs; metrics_epoch.csv from the epochs' rows."""
 from __future__ import annotations
 
 import csv

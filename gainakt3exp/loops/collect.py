@@ -1,4 +1,5 @@
-"""loops.collect (from metrics.py): to be described."""
+"""The pass that runs a model over batches (eval mode, no_grad) and gathers what the metrics read: predictions, the
+mastery and gains at each step, truth where the data set has it. The statistics themselves are in metrics/stats.py."""
 from __future__ import annotations
 
 from typing import Any

@@ -1,4 +1,5 @@
-"""loops.runtime (from train.py): to be described."""
+"""The runtime of a training or evaluation process: the device, seeding every generator, bf16 autocast, and glibc
+allocator settings that keep large per-batch buffers out of repeated mmap/munmap."""
 from __future__ import annotations
 
 import os

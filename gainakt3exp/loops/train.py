@@ -17,6 +17,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from gainakt3exp.config.choices import MAX_LAG
 from gainakt3exp.data import sequences as data_mod
 from gainakt3exp.data.registry import resolve_data_root
 from gainakt3exp.loops.checkpoint import _num, checkpoint_bytes
@@ -228,8 +229,8 @@ def _train_epoch(model, objective, optimizer, seqs, params, device, generator, s
     model.train()
     keys = _SUMMED_PARTS
     sums = torch.zeros(len(keys), dtype=torch.float64, device=device)
-    lag_sums = torch.zeros(3, dtype=torch.float64, device=device)  # per-lag sums of batch means (non-nan)
-    lag_counts = torch.zeros(3, dtype=torch.float64, device=device)
+    lag_sums = torch.zeros(MAX_LAG, dtype=torch.float64, device=device)  # per-lag sums of batch means (non-nan)
+    lag_counts = torch.zeros(MAX_LAG, dtype=torch.float64, device=device)
     n, lag_batches, last = 0, 0, {}
     probs, labels, masks = [], [], []
     monitor = params["monitor_freq"]

@@ -1,6 +1,6 @@
 """Metrics: AUC/accuracy, batched masked Pearson, semantic (interpretability) and global alignment metrics.
 
-Everything here is pure and batched: a model pass (`collect_outputs`) reduces each batch at once to the few
+Everything here is pure and batched: a model pass (`collect_outputs`, loops/collect.py) reduces each batch at once to the few
 per-step values the metrics need (skill-mean mastery M_t, skill-mean gain G_t, target mastery m_t[q_t], ...),
 so (N, L, C) tensors never exist for all rows together, and the metrics themselves are masked tensor
 operations without Python loops over students, steps or skills.

@@ -3,7 +3,7 @@
     steps = cumulative_steps(v, gain_head.weight, gain_head.bias, m0, c, q, scale)
     steps.mastery_mean, steps.mastery_at_c, steps.gain_at_c, steps.cap_excess   # each (B, L)
 
-With the gain head on, GainAKT3Exp defines (SPEC §4), for every skill k:
+With the gain head on, GainAKT3Exp defines (docs/model.md), for every skill k:
     g_t = ReLU(W v_t + b)                              gains (B, L, C)
     S_t = sum_{1 <= tau <= t} g_tau   (S_0 = 0)         cumulative gains
     u_t = m_0 + scale * S_t,   m_t = min(1, u_t)        mastery
@@ -197,7 +197,7 @@ def _with_ones(v: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------------------- gains of the practised skill only
 
 def mastery_link(m0: torch.Tensor, l0: torch.Tensor, s: torch.Tensor, scale: float, link: str) -> torch.Tensor:
-    """Mastery after cumulative gains S: clamp: min(1, m_0 + scale * S) (SPEC §4); logistic:
+    """Mastery after cumulative gains S: clamp: min(1, m_0 + scale * S) (docs/model.md); logistic:
     sigmoid(logit(m_0) + scale * S), gains in logit units (l0 = logit(m_0), the mastery head's output)."""
     if link == "logistic":
         return torch.sigmoid(l0 + scale * s)

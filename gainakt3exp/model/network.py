@@ -1,4 +1,4 @@
-"""GainAKT3Exp: a two-stream causal transformer with per-skill mastery and learning-gain heads (SPEC §4).
+"""GainAKT3Exp: a two-stream causal transformer with per-skill mastery and learning-gain heads (docs/model.md).
 
     model = GainAKT3Exp.from_params(params, num_c=100)
     out = model(batch.c, batch.r, batch.q)   # ModelOutput(logits (B,L), mastery (B,L,C)|None, gains (B,L,C)|None)
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gainakt3exp.config.params import ATTENTION_BIASES, EMB_TYPES, QUERY_EMBEDDINGS
+from gainakt3exp.config.choices import rule_problems
 from gainakt3exp.errors import ConfigError
 from gainakt3exp.model.cumulative import StepValues, cumulative_steps, practised_full, practised_steps, steps_from_full
 
@@ -52,14 +52,6 @@ MODEL_PARAM_KEYS = (
     "mastery_head_init_scale",
     "shared_gain",
 )
-
-#: qid: one vector per (concept, response) token (the seed); concept_plus_response: e(c) + e_r(r) (AKT, SPEC §11)
-SUPPORTED_EMB_TYPES = EMB_TYPES
-#: attention_bias (params.ATTENTION_BIASES): none, plain causal attention (the seed); alibi, minus a fixed per-head
-#: slope times the distance (ALiBi)
-MASTERY_IN_PREDICTION = ("none", "logit", "logit_skill_free")
-GAIN_SCOPES = ("all_skills", "practised_skill")
-MASTERY_LINKS = ("clamp", "logistic")
 
 #: Fixed numbers of the model that are not run parameters (recorded in each config.json with the objective's).
 FIXED_CONSTANTS = {
@@ -157,7 +149,7 @@ class _EncoderBlock(nn.Module):
 
 
 class GainAKT3Exp(nn.Module):
-    """The GainAKT3Exp model (SPEC §4). Every argument is required: defaults live only in parameter_default.json."""
+    """The GainAKT3Exp model (docs/model.md). Every argument is required: defaults live only in parameter_default.json."""
 
     def __init__(
         self,
@@ -183,20 +175,12 @@ class GainAKT3Exp(nn.Module):
         shared_gain: bool,
     ):
         super().__init__()
-        _check_architecture(num_c, seq_len, d_model, n_heads, num_encoder_blocks, d_ff, dropout, emb_type,
-                            attention_bias, query_embedding)
-        problems = []
-        if mastery_in_prediction not in MASTERY_IN_PREDICTION or (mastery_in_prediction != "none"
-                                                                  and not use_mastery_head):
-            problems.append(f"mastery_in_prediction={mastery_in_prediction!r}: use one of "
-                            f"{', '.join(MASTERY_IN_PREDICTION)} (logit... needs use_mastery_head true)")
-        if gain_scope not in GAIN_SCOPES:
-            problems.append(f"gain_scope={gain_scope!r}: use one of {', '.join(GAIN_SCOPES)}")
-        if mastery_link not in MASTERY_LINKS or (mastery_link == "logistic" and gain_scope != "practised_skill"):
-            problems.append(f"mastery_link={mastery_link!r}: use one of {', '.join(MASTERY_LINKS)} (logistic needs "
-                            "gain_scope practised_skill)")
-        if shared_gain and not use_gain_head:
-            problems.append("shared_gain=True needs use_gain_head true (it shares the gain head's weights)")
+        problems = _architecture_problems(num_c, seq_len, d_model, n_heads, num_encoder_blocks, d_ff, dropout)
+        problems += rule_problems({
+            "emb_type": emb_type, "attention_bias": attention_bias, "query_embedding": query_embedding,
+            "mastery_in_prediction": mastery_in_prediction, "use_mastery_head": use_mastery_head,
+            "use_gain_head": use_gain_head, "gain_scope": gain_scope, "mastery_link": mastery_link,
+            "shared_gain": shared_gain})
         if problems:
             raise ConfigError("invalid model configuration: " + "; ".join(problems))
         self.mastery_in_prediction = mastery_in_prediction
@@ -371,7 +355,7 @@ class GainAKT3Exp(nn.Module):
         return torch.logit(m_q.clamp(eps, 1.0 - eps))
 
     def _reduced(self, z, h, v, c, q, gain_head, mastery_head) -> ModelOutput:
-        """The training outputs: logits and StepValues (SPEC §4 mastery and gains, reduced per step)."""
+        """The training outputs: logits and StepValues (mastery and gains, reduced per step)."""
         if gain_head is not None and self.gain_scope == "practised_skill":
             g_c = self._practised_gain(v, c)
             if mastery_head is None:
@@ -416,17 +400,9 @@ class GainAKT3Exp(nn.Module):
         return last(dropout(relu(hidden))).view(b, l).float()
 
 
-def _check_architecture(num_c, seq_len, d_model, n_heads, num_encoder_blocks, d_ff, dropout, emb_type,
-                        attention_bias, query_embedding) -> None:
-    """Refuse shapes the model cannot be built with, listing every problem at once."""
+def _architecture_problems(num_c, seq_len, d_model, n_heads, num_encoder_blocks, d_ff, dropout) -> list[str]:
+    """The shapes the model cannot be built with (config/choices.py holds the rules of its choice parameters)."""
     problems = []
-    if emb_type not in SUPPORTED_EMB_TYPES:
-        problems.append(f"emb_type={emb_type!r} is not supported; allowed: {', '.join(SUPPORTED_EMB_TYPES)}")
-    if attention_bias not in ATTENTION_BIASES:
-        problems.append(f"attention_bias={attention_bias!r} is not supported; allowed: {', '.join(ATTENTION_BIASES)}")
-    if query_embedding not in QUERY_EMBEDDINGS or (query_embedding != "own" and emb_type != "concept_plus_response"):
-        problems.append(f"query_embedding={query_embedding!r}: allowed: {', '.join(QUERY_EMBEDDINGS)} (context and "
-                        "value need emb_type concept_plus_response)")
     for key, value in (("num_c", num_c), ("seq_len", seq_len), ("d_model", d_model), ("n_heads", n_heads),
                        ("num_encoder_blocks", num_encoder_blocks), ("d_ff", d_ff)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -435,5 +411,4 @@ def _check_architecture(num_c, seq_len, d_model, n_heads, num_encoder_blocks, d_
         problems.append(f"n_heads={n_heads} must divide d_model={d_model}")
     if not (0.0 <= float(dropout) < 1.0):
         problems.append(f"dropout={dropout!r} must be in [0, 1)")
-    if problems:
-        raise ConfigError("invalid model configuration: " + "; ".join(problems))
+    return problems

@@ -1,4 +1,6 @@
-"""objective.controller (from losses.py): to be described."""
+"""`Objective`: weights and schedules the terms of objective/terms.py over epochs (warm-up, cosine performance
+schedule, adaptive alignment and its share cap, consistency rebalance, variance floor, lag and retention terms) and
+returns the total loss with every part for the epoch's trajectory."""
 from __future__ import annotations
 
 import math
@@ -6,8 +8,9 @@ from typing import Optional
 
 import torch
 
+from gainakt3exp.config.choices import LAG_WEIGHT_KEYS, head_problems, rule_problems
 from gainakt3exp.errors import ConfigError
-from gainakt3exp.objective.report import _CONSTRAINT_HEADS, _HEAD_FLAG, OBJECTIVE_PARAM_KEYS
+from gainakt3exp.objective.report import OBJECTIVE_PARAM_KEYS
 from gainakt3exp.objective.terms import (
     CONSTRAINTS,
     FIXED_CONSTANTS,
@@ -42,7 +45,9 @@ class Objective:
         self.weights = {
             name: float(p[f"{name}_loss_weight"]) if p["enhanced_constraints"] else 0.0 for name in CONSTRAINTS
         }
-        self._check_heads({"mastery": p["use_mastery_head"], "gains": p["use_gain_head"]})
+        problems = rule_problems(p)  # choices, the rules between them, and terms whose head is off
+        if problems:
+            raise ConfigError("invalid objective configuration: " + "; ".join(problems))
         self.alignment_base_weight = float(p["alignment_weight"])
         self.peak_mastery_corr: Optional[float] = None
         self.last_reference_corr: Optional[float] = None  # global corr of the last epoch (or per-student if off)
@@ -50,31 +55,6 @@ class Objective:
         self.variance_floor_count = 0
         self.variance_floor_applied = False
         self.begin_epoch(0)
-
-    # -- configuration checks
-    def _needed_heads(self) -> dict[str, list[str]]:
-        """head -> names of the terms in force that read it."""
-        p, need = self.params, {"mastery": [], "gains": []}
-        for name in CONSTRAINTS:
-            if self.weights[name] > 0:
-                for head in _CONSTRAINT_HEADS[name]:
-                    need[head].append(f"{name}_loss_weight")
-        if p["enable_alignment_loss"] and p["alignment_weight"] > 0:
-            need["mastery"].append("enable_alignment_loss")
-            need["gains"].append("enable_alignment_loss")
-        if p["enable_lag_gain_loss"] and p["lag_gain_weight"] > 0:
-            need["gains"].append("enable_lag_gain_loss")
-        if p["enable_retention_loss"] and p["retention_weight"] > 0:
-            need["mastery"].append("enable_retention_loss")
-        return need
-
-    def _check_heads(self, present: dict[str, bool]) -> None:
-        problems = [
-            f"{key} needs {_HEAD_FLAG[head]}=true (fix: set {key} to 0/false or {_HEAD_FLAG[head]} to true)"
-            for head, keys in self._needed_heads().items() if not present[head] for key in keys
-        ]
-        if problems:
-            raise ConfigError("loss terms need a head that is off: " + "; ".join(problems))
 
     # -- epoch schedule
     def begin_epoch(self, epoch0: int) -> None:
@@ -124,7 +104,9 @@ class Objective:
         st = out.steps
         has_m = st is not None and st.mastery_at_c is not None
         has_g = st is not None and st.gain_at_c is not None
-        self._check_heads({"mastery": has_m, "gains": has_g})
+        missing = head_problems({**p, "use_mastery_head": has_m, "use_gain_head": has_g})
+        if missing:
+            raise ConfigError("the model's outputs lack a head the objective needs: " + "; ".join(missing))
         mask, r, y = batch.mask, batch.r, batch.y
         bce = bce_loss(out.logits, y, mask)
         zero = bce.new_zeros(())
@@ -152,7 +134,7 @@ class Objective:
         if p["enable_alignment_loss"] and has_m and has_g:
             rho_m, rho_g = alignment_correlations(big_m, big_g, y, mask, *how)
             align = -(rho_m + rho_g) * self.effective_alignment_weight
-        else:  # logged only (SPEC §6 alignment_corr_*), no gradient needed
+        else:  # logged only (alignment_corr_*), no gradient needed
             with torch.no_grad():
                 rho_m, rho_g = alignment_correlations(big_m, big_g, y, mask, *how)
         nan = torch.full((), float("nan"), device=bce.device)
@@ -163,7 +145,7 @@ class Objective:
         lag = zero
         parts["lag_value"], parts["lag_count"] = zero, zero
         if self.lag_active and has_g:
-            weights = [p["lag_l1_weight"], p["lag_l2_weight"], p["lag_l3_weight"]]
+            weights = [p[k] for k in LAG_WEIGHT_KEYS]
             value, per_lag, count = lag_gain_correlation(big_g, y, mask, p["lag_max_lag"], weights)
             lag = -p["lag_gain_weight"] * value.clamp(min=0)
             parts["lag_value"], parts["lag_count"], parts["per_lag"] = value.detach(), count.float(), per_lag

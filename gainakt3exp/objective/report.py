@@ -1,19 +1,11 @@
-"""objective.report (from losses.py): to be described."""
+"""The objective report: which terms a run's parameters switch on, with which heads and weights (recorded in
+config.json and printed when a run starts), and which parameters belong to the objective."""
 from __future__ import annotations
 
+from gainakt3exp.config.choices import LAG_WEIGHT_KEYS
 from gainakt3exp.objective.terms import CONSTRAINTS, FIXED_CONSTANTS
 
 #: Which heads each constraint reads (a weight > 0 without its head is a ConfigError).
-_CONSTRAINT_HEADS = {
-    "non_negative": ("gains",),
-    "monotonicity": ("mastery",),
-    "mastery_performance": ("mastery",),
-    "gain_performance": ("gains",),
-    "sparsity": ("gains",),
-    "consistency": ("mastery", "gains"),
-}
-_HEAD_FLAG = {"mastery": "use_mastery_head", "gains": "use_gain_head"}
-
 OBJECTIVE_PARAM_KEYS = (
     "use_mastery_head", "use_gain_head", "enhanced_constraints",
     *(f"{name}_loss_weight" for name in CONSTRAINTS),
@@ -22,7 +14,7 @@ OBJECTIVE_PARAM_KEYS = (
     "alignment_min_correlation", "alignment_share_cap", "alignment_share_decay_factor",
     "use_residual_alignment", "alignment_residual_window", "alignment_population",
     "enable_retention_loss", "retention_delta", "retention_weight",
-    "enable_lag_gain_loss", "lag_gain_weight", "lag_max_lag", "lag_l1_weight", "lag_l2_weight", "lag_l3_weight",
+    "enable_lag_gain_loss", "lag_gain_weight", "lag_max_lag", *LAG_WEIGHT_KEYS,
     "consistency_rebalance_epoch", "consistency_rebalance_threshold", "consistency_rebalance_new_weight",
     "variance_floor", "variance_floor_patience", "variance_floor_reduce_factor", "gain_scope",
 )
@@ -82,7 +74,7 @@ def objective_report(params: dict) -> dict[str, dict[str, str]]:
         out["lag"] = {"status": "off", "why": "enable_lag_gain_loss false, lag_gain_weight 0 or lag_max_lag 0"}
     elif lag_start > p["epochs"]:
         out["lag"] = {"status": "never active", "why": f"starts at epoch {lag_start} "
-                                                       f"(warmup_constraint_epochs + 3) but the run has {p['epochs']}"}
+                                                       f"(warmup_constraint_epochs + {FIXED_CONSTANTS['lag_start_offset_epochs']}) but the run has {p['epochs']}"}
     else:
         out["lag"] = {"status": "in force", "why": f"reward, from epoch {lag_start}"}
     if not p["enable_retention_loss"] or p["retention_weight"] <= 0:

@@ -1,4 +1,5 @@
-"""The training objective (SPEC §5): one pure function per term, and `Objective`, which weights and schedules them.
+"""The terms of the training objective (docs/model.md gives each formula): one pure function per term, with its
+formula and mask, and the fixed constants of the objective. objective/controller.py weights and schedules them:
 
     objective = Objective(params)
     for epoch0 in range(epochs):
@@ -21,7 +22,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from gainakt3exp.config.params import ALIGNMENT_POPULATIONS
+from gainakt3exp.config.choices import ALIGNMENT_POPULATIONS, CONSTRAINT_HEADS, choice_problem
 from gainakt3exp.errors import ConfigError
 
 #: Every fixed number of the objective that is not a run parameter (the lead records this in each run).
@@ -32,11 +33,11 @@ FIXED_CONSTANTS = {
     "lag_start_offset_epochs": 3,  # lag loss from 1-based epoch warmup_constraint_epochs + this
     "lag_min_pairs": 3,  # a row needs this many (G_t, y_{t+l}) pairs for its lag correlation
     "pearson_variance_eps": 1e-12,  # sum of squared deviations at or below this = zero variance (corr := 0)
-    "alignment_share_cap_on": "magnitude",  # the share-cap decay compares |alignment share| (SPEC §5)
+    "alignment_share_cap_on": "magnitude",  # the share-cap decay compares |alignment share|
     "consistency_form": "telescoped",  # consistency from the cap excess at each row's last step (losses.consistency_loss)
 }
 
-CONSTRAINTS = ("non_negative", "monotonicity", "mastery_performance", "gain_performance", "sparsity", "consistency")
+CONSTRAINTS = tuple(CONSTRAINT_HEADS)  # the constraint terms, in the order they are reported
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -161,7 +162,7 @@ def alignment_correlations(
     correlation of each row over its valid steps, averaged over the rows where it is defined (0 when none is), the
     definition of trajectory/mastery_correlation; a student's level then neither helps nor hurts."""
     if population not in ALIGNMENT_POPULATIONS:
-        raise ConfigError(f"alignment_population={population!r}: must be one of {', '.join(ALIGNMENT_POPULATIONS)}")
+        raise ConfigError(choice_problem("alignment_population", population))
     p = residual_performance(y, mask, window) if residual else y
     present = [x for x in (big_m, big_g) if x is not None]
     if not present:
@@ -190,7 +191,7 @@ def lag_gain_correlation(
     with nan where no row counted, number of counted (row, lag) pairs).
     """
     if max_lag > len(lag_weights):
-        raise ConfigError(f"lag_max_lag={max_lag} but only {len(lag_weights)} lag weights; fix: lag_max_lag <= 3")
+        raise ConfigError(f"lag_max_lag={max_lag} but only {len(lag_weights)} lag weights; fix: lag_max_lag <= {len(lag_weights)}")
     l = big_g.shape[1]
     if max_lag == 0:
         zero = big_g.sum() * 0.0

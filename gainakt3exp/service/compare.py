@@ -21,8 +21,8 @@ from gainakt3exp.errors import ConfigError, RunNotFoundError
 
 PASS, FAIL, INFO = "PASS", "FAIL", "INFO"
 # Tags whose difference makes a reproduction suspect (a warning, not a verdict change).
-WARN_TAGS = ("gakt.git_commit", "gakt.git_dirty", "gakt.data_hash", "gakt.torch_version", "gakt.mlflow_version",
-             "gakt.python_version", "gakt.device")
+WARN_TAGS = (tracking.TAG_GIT_COMMIT, tracking.TAG_GIT_DIRTY, tracking.TAG_DATA_HASH, tracking.TAG_TORCH_VERSION, tracking.TAG_MLFLOW_VERSION,
+             tracking.TAG_PYTHON_VERSION, tracking.TAG_DEVICE)
 _TIMING_MARKERS = ("seconds", "per_second")
 _INFO_PREFIXES = ("system/",)  # MLflow system metrics (CPU, memory): never reproducible
 _EVAL_PREFIX = "eval/"
@@ -176,7 +176,7 @@ def run_warnings(original, reproduction) -> list[str]:
         if a != b:
             out.append(f"tag {tag} differs: {a or '(missing)'} -> {b or '(missing)'}")
     for label, tags in (("original", to), ("reproduction", tr)):
-        if tags.get("gakt.git_dirty") == "true":
+        if tags.get(tracking.TAG_GIT_DIRTY) == "true":
             out.append(f"the {label} ran from a git tree with uncommitted changes (gakt.git_dirty=true): its code "
                        "is not fully recorded by gakt.git_commit")
     po, pr = tracking.read_params(original), tracking.read_params(reproduction)

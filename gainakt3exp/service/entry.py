@@ -16,27 +16,20 @@ config_eval.json, metrics_epoch_eval.csv in the run.
 """
 from __future__ import annotations
 
-import csv
 import sys
 
 import click
 
-from gainakt3exp import paths, tracking
-from gainakt3exp.config.params import load_defaults, parse_param_strings
+from gainakt3exp import tracking
+from gainakt3exp.config.params import load_defaults, parameter_meanings, parse_param_strings
 from gainakt3exp.errors import GaktError
 from gainakt3exp.service.evaluation import evaluate_run
 from gainakt3exp.service.training import run_training
 
 
-def _meanings() -> dict:
-    with open(paths.PROJECT_ROOT / "configs" / "parameters.csv", newline="") as handle:
-        return {row["name"]: f"{row['meaning']} [{row['type']}, default {row['default']}]"
-                for row in csv.DictReader(handle)}
-
-
 def build_train_command() -> click.Command:
     """One required option per parameter of configs/parameter_default.json (no defaults, values parsed by us)."""
-    meanings = _meanings()
+    meanings = parameter_meanings()
     options = [click.Option([f"--{key}"], required=True, type=str, help=meanings.get(key, ""))
                for key in load_defaults().values]
     return click.Command(

@@ -1,4 +1,5 @@
-"""service.evaluation (from runner.py): to be described."""
+"""Evaluation of a recorded run (gakt-eval and the MLproject `eval` entry point): its best checkpoint on train, valid,
+test and the window test, logged as eval/* to the run, with eval_table.json."""
 from __future__ import annotations
 
 import os
@@ -43,7 +44,7 @@ def evaluate_run(client, ref: str, *, max_correlation_students: int | None = Non
     csv_text = metrics_csv([{"epoch": checkpoint["epoch"], **metrics}])
     tracking.publish_bytes(client, run_id, "metrics_epoch_eval.csv", csv_text.encode())
     tracking.publish_bytes(client, run_id, EVAL_TABLE, tracking.json_bytes(eval_table(results)))
-    sink.set_tags({"gakt.evaluated": "true", **_table_artifact_tag(run, EVAL_TABLE)})
+    sink.set_tags({tracking.TAG_EVALUATED: "true", **_table_artifact_tag(run, EVAL_TABLE)})
     _tag_entry_point_run(client, run_id, metrics, checkpoint["epoch"])
     return results
 

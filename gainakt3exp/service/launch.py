@@ -1,4 +1,8 @@
-"""service.launch (from experiment.py): to be described."""
+"""Launching a run: resolve and validate the parameters, then run the explicit `mlflow run` command that config.json
+records (gakt-launch).
+
+    gakt-launch --short_title baseline --profile quickstart
+"""
 from __future__ import annotations
 
 import shlex

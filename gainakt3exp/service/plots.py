@@ -1,4 +1,4 @@
-"""service.plots (from runner.py): to be described."""
+"""The run's trajectory figure (plots/trajectory.png): validation AUC and the interpretability trajectory by epoch."""
 from __future__ import annotations
 
 import io

@@ -1,4 +1,8 @@
-"""service.reproduce (from experiment.py): to be described."""
+"""Reproducing a run (gakt-repro): check its config.json, logged params and data set, then re-run it with
+`mlflow run --run-id` into a new run tagged as its reproduction.
+
+    gakt-repro 423891 --eval && gakt-compare 423891
+"""
 from __future__ import annotations
 
 from gainakt3exp import tracking

@@ -6,7 +6,7 @@
     stale = runs.find_stale_runs(client, older_than_minutes=120)
     runs.mark_stale_runs(client, stale)          # KILLED + gakt.outcome=stale, gakt.outcome_reason=<why>
 
-A killed `mlflow run` (SIGKILL, a closed laptop, a crashed host) can leave its run RUNNING forever (SPEC §9).
+A killed `mlflow run` (SIGKILL, a closed laptop, a crashed host) can leave its run RUNNING forever.
 A RUNNING run is stale when
     (a) it ran on this host (gakt.host == platform.node()) and its process gakt.pid no longer exists, or
     (b) its last activity (newest metric timestamp, else start_time) is older than `older_than_minutes`,
@@ -25,6 +25,12 @@ from gainakt3exp.errors import ConfigError, RunNotFoundError
 from gainakt3exp.tracking.tags import TAG_BEST_VAL_AUC, TAG_HOST, TAG_OUTCOME_REASON, TAG_PID
 
 _PAGE = 200
+
+
+def open_store(experiment: str | None = None):
+    """The tracking client of $MLFLOW_TRACKING_URI (or the embedded store) and the experiment name the command
+    asked for (None: every experiment, as `gakt-runs` lists by default)."""
+    return tracking.connect(), (tracking.experiment_name(experiment) if experiment else None)
 
 
 def _experiment_ids(client, experiment_name: str | None) -> list[str]:
@@ -68,7 +74,7 @@ def is_evaluation(run) -> bool:
 def is_study_member(run) -> bool:
     """A study's child or a search trial: listed under its study (gakt-study show), not on its own."""
     tags = run.data.tags
-    return "gakt.study_run" in tags or tags.get(tracking.TAG_KIND) == "trial"
+    return tracking.TAG_STUDY_RUN in tags or tags.get(tracking.TAG_KIND) == "trial"
 
 
 def kind_of(run) -> str:
@@ -146,10 +152,10 @@ def list_runs(client, limit: int = 20, experiment_name: str | None = None) -> li
             "short_title": tags.get(tracking.TAG_TITLE, "-"), "kind": kind, "status": run.info.status,
             "outcome": tags.get(tracking.TAG_OUTCOME, "-"), "start_time": run.info.start_time,
             "started": _when(run.info.start_time), "best_val_auc": best_val_auc(client, run),
-            "epochs": int(val.step) if val is not None else None if "gakt.children_total" in tags else 0,
+            "epochs": int(val.step) if val is not None else None if tracking.TAG_TOTAL in tags else 0,
             "test_auc": run.data.metrics.get("eval/test_auc", run.data.metrics.get("study/test_auc_mean")),
-            "children": (f"{tags.get('gakt.children_finished', '0')}/{tags['gakt.children_total']}"
-                         if "gakt.children_total" in tags else ""),
+            "children": (f"{tags.get(tracking.TAG_FINISHED, '0')}/{tags[tracking.TAG_TOTAL]}"
+                         if tracking.TAG_TOTAL in tags else ""),
             "reproduced": "" if repro_of else reproduction_state(run, latest_repro.get(run.info.run_id)),
             "reproduction_of": repro_of,
         })

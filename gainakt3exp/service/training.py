@@ -1,4 +1,6 @@
-"""service.training (from runner.py): to be described."""
+"""One tracked training run: the MLflow run of `mlflow run` (or a direct call) with its params, tags, config.json,
+data set record, the training loop's metrics through the MLflow sink, the checkpoint, results and the trajectory
+figure; the outcome is recorded in `finally`, whatever ends the run."""
 from __future__ import annotations
 
 import hashlib
@@ -46,8 +48,8 @@ def run_training(params: dict) -> dict:
             )
             _store_results(client, run_id, results)
             sink.set_tags({tracking.TAG_OUTCOME: "finished",
-                           "gakt.best_val_auc": f"{results['best_val_auc']:.6f}",
-                           "gakt.best_epoch": results["best_epoch"]})
+                           tracking.TAG_BEST_VAL_AUC: f"{results['best_val_auc']:.6f}",
+                           tracking.TAG_BEST_EPOCH: results["best_epoch"]})
             _end_run("FINISHED")
             return results
         except (Interrupted, KeyboardInterrupt) as exc:
@@ -90,7 +92,7 @@ def _echo_epoch(info: dict) -> None:
 
 def _finish(sink, outcome: str, reason: str) -> None:
     try:
-        sink.set_tags({tracking.TAG_OUTCOME: outcome, "gakt.outcome_reason": reason[:500]})
+        sink.set_tags({tracking.TAG_OUTCOME: outcome, tracking.TAG_OUTCOME_REASON: reason[:500]})
     except Exception as exc:  # noqa: BLE001 - the store may be what failed; the status below still tries
         click.echo(f"warning: could not tag the run's outcome '{outcome}' ({exc})", err=True)
 
@@ -150,14 +152,14 @@ def _record_run(client, run_id: str, resolved, data) -> None:
     new_tags = {
         tracking.TAG_EXP_ID: exp_id, tracking.TAG_TITLE: title, tracking.TAG_KIND: kind,
         tracking.TAG_OUTCOME: "running",
-        "gakt.git_commit": code["git_commit"], "gakt.git_dirty": str(code["git_dirty"]).lower(),
-        "gakt.package_version": code["package_version"],
-        "gakt.torch_version": torch.__version__, "gakt.mlflow_version": mlflow.__version__,
-        "gakt.python_version": platform.python_version(),
-        "gakt.device": str(resolve_device(params["device"])), "gakt.torch_threads": str(torch.get_num_threads()),
-        "gakt.data_hash": data_hash, "gakt.host": platform.node(), "gakt.pid": str(os.getpid()),
-        "gakt.data_root_resolved": str(data.spec.root),
-        "gakt.data_registry": str(user_registry_path()), "gakt.data_source": data.spec.origin,
+        tracking.TAG_GIT_COMMIT: code["git_commit"], tracking.TAG_GIT_DIRTY: str(code["git_dirty"]).lower(),
+        tracking.TAG_PACKAGE_VERSION: code["package_version"],
+        tracking.TAG_TORCH_VERSION: torch.__version__, tracking.TAG_MLFLOW_VERSION: mlflow.__version__,
+        tracking.TAG_PYTHON_VERSION: platform.python_version(),
+        tracking.TAG_DEVICE: str(resolve_device(params["device"])), tracking.TAG_TORCH_THREADS: str(torch.get_num_threads()),
+        tracking.TAG_DATA_HASH: data_hash, tracking.TAG_HOST: platform.node(), tracking.TAG_PID: str(os.getpid()),
+        tracking.TAG_DATA_ROOT_RESOLVED: str(data.spec.root),
+        tracking.TAG_DATA_REGISTRY: str(user_registry_path()), tracking.TAG_DATA_SOURCE: data.spec.origin,
     }
     tracking.MlflowSink(client, run_id).set_tags(new_tags)
 

@@ -44,7 +44,7 @@ TAG_POINT_VALUES = tracking.TAG_POINT_VALUES
 
 
 def driver_tags() -> dict:
-    return {"gakt.host": platform.node(), "gakt.pid": str(os.getpid())}
+    return {tracking.TAG_HOST: platform.node(), tracking.TAG_PID: str(os.getpid())}
 
 
 def create_parent(client, experiment_id: str, *, kind: str, study_id: str, title: str, run_name: str,
@@ -141,7 +141,7 @@ def abort(client, top_id: str, why: str, echo=print) -> int:
     lifecycle.mark_unfinished(client, [r.info.run_id for r in lifecycle.study_children(client, top_id)],
                                  f"the study driver received {why}")
     tracking.MlflowSink(client, top_id).set_tags({tracking.TAG_OUTCOME: "killed",
-                                                  "gakt.outcome_reason": f"interrupted by {why} while starting"})
+                                                  tracking.TAG_OUTCOME_REASON: f"interrupted by {why} while starting"})
     client.set_terminated(top_id, "KILLED")
     echo(f"study run {top_id}: interrupted by {why}; marked KILLED")
     return 130
@@ -213,7 +213,7 @@ def finish_parent(client, parent_id: str, report: dict, interrupted: str | None,
     else:
         outcome, status, code, reason = "finished", "FINISHED", 0, summary
     tracking.MlflowSink(client, parent_id).set_tags({tracking.TAG_OUTCOME: outcome,
-                                                     "gakt.outcome_reason": reason[:500]})
+                                                     tracking.TAG_OUTCOME_REASON: reason[:500]})
     client.set_terminated(parent_id, status)
     echo(study_report.format_report({**report, "status": status}))
     echo(f"{label or 'study'} {report['study_id']}: {reason}")
@@ -266,6 +266,12 @@ def create_children(client, experiment_id, name, parent_id, top_id, study_id, pl
                          top_id=top_id, study_id=study_id, plan=plan, slot=slot,
                          attempt=(attempts or {}).get(slot.index, 1), record=records[slot.index], code=code)
             for slot in slots]
+
+
+def load_report(ref: str) -> dict:
+    """The report of study REF (a run id or its 6-digit id), read from the store (gakt-study show)."""
+    client = tracking.connect()
+    return study_report.build_report(client, study_parent(client, ref).info.run_id)
 
 
 def study_parent(client, ref: str):

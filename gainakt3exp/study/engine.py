@@ -223,12 +223,14 @@ def _child_env(task: dict, bin_dir: Path) -> dict:
 def _already_finished(task: dict) -> bool:
     from mlflow.tracking import MlflowClient
 
+    from gainakt3exp.tracking.tags import TAG_EVALUATED, TAG_OUTCOME
+
     try:
         run = MlflowClient(task["tracking_uri"]).get_run(task["run_id"])
     except Exception:  # noqa: BLE001 - the child's own command reports an unreachable store clearly
         return False
-    done = run.info.status == "FINISHED" and run.data.tags.get("gakt.outcome") == "finished"
-    return done and (not task["evaluate"] or run.data.tags.get("gakt.evaluated") == "true")
+    done = run.info.status == "FINISHED" and run.data.tags.get(TAG_OUTCOME) == "finished"
+    return done and (not task["evaluate"] or run.data.tags.get(TAG_EVALUATED) == "true")
 
 
 def _run(command: list[str], env: dict, log) -> int:

@@ -1,4 +1,5 @@
-"""study.lifecycle (from study_report.py): to be described."""
+"""A study's children over their life: finding them, counting the running and finished, recording each child's
+outcome when its Ray task returns, marking the unfinished, and the progress line."""
 from __future__ import annotations
 
 import sys
@@ -29,7 +30,7 @@ def latest_children(client, parent_id: str, runs: list | None = None) -> dict:
 def is_finished(run, evaluate: bool) -> bool:
     tags = run.data.tags
     done = run.info.status == "FINISHED" and tags.get(tracking.TAG_OUTCOME) == "finished"
-    return done and (not evaluate or tags.get("gakt.evaluated") == "true")
+    return done and (not evaluate or tags.get(tracking.TAG_EVALUATED) == "true")
 
 
 def count_running(client, parent_id: str, run_ids: set) -> int:
@@ -66,7 +67,7 @@ def record_child_result(client, run_id: str, result: dict, evaluate: bool) -> bo
     FAILED (or KILLED after an interruption) with its reason. Returns whether it finished."""
     run = client.get_run(run_id)
     sink = tracking.MlflowSink(client, run_id)
-    sink.set_tags({"gakt.study_task_seconds": f"{result.get('seconds', 0.0):.3f}"})
+    sink.set_tags({tracking.TAG_STUDY_TASK_SECONDS: f"{result.get('seconds', 0.0):.3f}"})
     if result.get("log"):
         tracking.publish_bytes(client, run_id, "mlflow_run.log", result["log"].encode())
     if is_finished(run, evaluate) and result.get("status") == 0:

@@ -135,8 +135,8 @@ def publish_report(client, parent_id: str, wall_seconds: float | None = None) ->
     tags = {TAG_FINISHED: str(report["finished"])}
     best = next((p for p in report["points"] if p["point"] == report["best_point"]), None)
     if best is not None:
-        tags.update({"gakt.best_val_auc": f"{best['mean']['val_auc']:.6f}", "gakt.study_best_point": str(best["point"]),
-                     "gakt.study_best_values": json.dumps(best["values"], sort_keys=True)})
+        tags.update({tracking.TAG_BEST_VAL_AUC: f"{best['mean']['val_auc']:.6f}", tracking.TAG_STUDY_BEST_POINT: str(best["point"]),
+                     tracking.TAG_STUDY_BEST_VALUES: json.dumps(best["values"], sort_keys=True)})
     sink.set_tags(tags)
     for name, data in (("study_results.csv", results_csv(report)), ("study_summary.csv", summary_csv(report)),
                        ("study_results.md", results_md(report))):

@@ -86,6 +86,17 @@ def is_study(run) -> bool:
     return run.data.tags.get(tracking.TAG_KIND) in STUDY_KINDS
 
 
+def compare_any(ref: str, repro: str | None, tolerance: float) -> tuple[dict, bool]:
+    """What gakt-compare compares: a study's children with their reproductions, or one run with its reproduction.
+    Returns (report, whether RUN is a study)."""
+    from gainakt3exp.service.compare import compare_runs
+
+    client = tracking.connect()
+    if is_study(tracking.resolve_run(client, ref)):
+        return compare_study(client, ref, repro, tolerance), True
+    return compare_runs(client, ref, repro, tolerance), False
+
+
 def compare_study(client, ref: str, repro: str | None = None, tolerance: float = 1e-4) -> dict:
     """Compare every child of study `ref` with its reproduction (compare.compare_runs each) and give one verdict:
     identical, within tolerance, or differs (also when a child has no reproduction)."""

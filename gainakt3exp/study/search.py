@@ -217,7 +217,7 @@ def _trials(client, optuna_study, space, base: Plan, trials, per_trial, experime
         client.update_run(trial_run, name=f"{base.short_title}-t{number}")
         tracking.MlflowSink(client, trial_run).set_tags({
             tracking.TAG_KIND: "trial", study.TAG_STUDY_ID: study_id, study.TAG_STUDY_RUN: parent_id,
-            tracking.TAG_TITLE: base.short_title, tracking.TAG_OUTCOME: "running", "gakt.trial": str(number),
+            tracking.TAG_TITLE: base.short_title, tracking.TAG_OUTCOME: "running", tracking.TAG_TRIAL: str(number),
             study.TAG_POINT_VALUES: json.dumps(values, sort_keys=True), **study.driver_tags()})
         row = {"trial": number, "run_id": trial_run, "values": values, "value": None, "state": "FAIL", "reason": ""}
         table.append(row)
@@ -265,8 +265,8 @@ def _publish_best(client, parent_id: str, optuna_study, base: Plan, table: list,
         final = Plan(f"{base.short_title}-best", base.profiles, base.overrides, base.folds, base.seeds, {}, True,
                      base.workers, base.threads_per_run)
         summary.update(best_trial=row["trial"], launch=launch_line(final, row["values"]))
-        tracking.MlflowSink(client, parent_id).set_tags({"gakt.search_best_trial": str(row["trial"]),
-                                                         "gakt.search_best_values": json.dumps(row["values"],
+        tracking.MlflowSink(client, parent_id).set_tags({tracking.TAG_SEARCH_BEST_TRIAL: str(row["trial"]),
+                                                         tracking.TAG_SEARCH_BEST_VALUES: json.dumps(row["values"],
                                                                                                sort_keys=True)})
         client.log_metric(parent_id, "search/best_val_auc", row["value"], step=0)
         tracking.publish_bytes(client, parent_id, "best_launch.txt", (summary["launch"] + "\n").encode())

@@ -31,25 +31,4 @@ from gainakt3exp.tracking.store import (
     tracking_uri,
     whole_call,
 )
-from gainakt3exp.tracking.tags import (
-    TAG_ATTEMPT,
-    TAG_BEST_VAL_AUC,
-    TAG_EVAL_OF,
-    TAG_EXP_ID,
-    TAG_FINISHED,
-    TAG_FOLD,
-    TAG_HOST,
-    TAG_KIND,
-    TAG_OUTCOME,
-    TAG_OUTCOME_REASON,
-    TAG_PID,
-    TAG_POINT,
-    TAG_POINT_VALUES,
-    TAG_REPRO_OF,
-    TAG_SEED,
-    TAG_SLOT,
-    TAG_STUDY_ID,
-    TAG_STUDY_RUN,
-    TAG_TITLE,
-    TAG_TOTAL,
-)
+from gainakt3exp.tracking.tags import *  # noqa: F403 - every TAG_ name

@@ -7,7 +7,7 @@ from gainakt3exp.tracking.store import publish_bytes
 
 
 class MlflowSink:
-    """The training loop's metric sink for one MLflow run: one batched call per step (SPEC §9 cost)."""
+    """The training loop's metric sink for one MLflow run: one batched call per step."""
 
     def __init__(self, client, run_id: str):
         self.client, self.run_id = client, run_id

@@ -38,7 +38,7 @@ EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_de
 
 _RUN_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 _EXP_ID_RE = re.compile(r"^\d{6}$")
-# A dead server should fail in seconds, not after minutes of retries (SPEC §9).
+# A dead server should fail in seconds, not after minutes of retries.
 _HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
                   "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 
@@ -110,7 +110,7 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
 
 @contextmanager
 def _store_lock(uri: str) -> Iterator[None]:
-    """Serialise first use of a SQLite store: several processes creating it at once can corrupt it (SPEC §9)."""
+    """Serialise first use of a SQLite store: several processes creating it at once can corrupt it."""
     if not uri.startswith("sqlite:///"):
         yield
         return
@@ -131,7 +131,7 @@ def artifact_root(uri: str) -> str | None:
     return None
 
 
-# Stores MLflow 3 can track to (the old `file:` store raises there, SPEC §9); `postgresql+psycopg2` counts as postgresql.
+# Stores MLflow 3 can track to (the old `file:` store raises there); `postgresql+psycopg2` counts as postgresql.
 _SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
 
 

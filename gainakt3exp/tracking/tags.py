@@ -23,3 +23,27 @@ TAG_POINT_VALUES = "gakt.study_point_values"  # JSON of the point's grid values 
 TAG_FOLD, TAG_SEED = "gakt.study_fold", "gakt.study_seed"  # known before the child logs its params
 TAG_TOTAL = "gakt.children_total"
 TAG_FINISHED = "gakt.children_finished"
+
+# --- what a run records about itself (compared as warnings by gakt-compare) ---
+TAG_BEST_EPOCH = "gakt.best_epoch"
+TAG_DATA_HASH = "gakt.data_hash"
+TAG_DATA_REGISTRY = "gakt.data_registry"
+TAG_DATA_ROOT_RESOLVED = "gakt.data_root_resolved"
+TAG_DATA_SOURCE = "gakt.data_source"
+TAG_DEVICE = "gakt.device"
+TAG_EVALUATED = "gakt.evaluated"
+TAG_GIT_COMMIT = "gakt.git_commit"
+TAG_GIT_DIRTY = "gakt.git_dirty"
+TAG_MLFLOW_VERSION = "gakt.mlflow_version"
+TAG_PACKAGE_VERSION = "gakt.package_version"
+TAG_PYTHON_VERSION = "gakt.python_version"
+TAG_SEARCH_BEST_TRIAL = "gakt.search_best_trial"
+TAG_SEARCH_BEST_VALUES = "gakt.search_best_values"
+TAG_STUDY_BEST_POINT = "gakt.study_best_point"
+TAG_STUDY_BEST_VALUES = "gakt.study_best_values"
+TAG_STUDY_TASK_SECONDS = "gakt.study_task_seconds"
+TAG_TORCH_THREADS = "gakt.torch_threads"
+TAG_TORCH_VERSION = "gakt.torch_version"
+TAG_TRIAL = "gakt.trial"
+
+__all__ = [name for name in tuple(globals()) if name.startswith("TAG_")]
