@@ -26,14 +26,17 @@ demo: setup
 	$(BIN)/gakt-compare $$($(BIN)/gakt-runs --latest_id)
 	$(BIN)/gakt-study launch --short_title quickstudy --profile quickstart --folds 0,1 --seeds 42 --workers 2 --threads_per_run 1
 	@echo "Open the MLflow UI on this store: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port 5000"
-	@echo "then http://127.0.0.1:5000/#/experiments?workflowType=machine_learning (README: The MLflow UI)"
+	@echo "then http://127.0.0.1:5000/#/experiments?workflowType=machine_learning (README: Two commands)"
 
-# Every test: the fast tier, then the slow tier (real data, real mlflow server, real `mlflow run`).
+# Every test: the architecture contracts (import-linter, pyproject.toml), the fast tier, then the slow tier (real
+# data, real mlflow server, real `mlflow run`).
 test: setup
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -m "not slow" --durations=5
 	$(BIN)/python -m pytest -q -m slow --durations=15
 
 test-fast: setup
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -m "not slow" --durations=5
 
 bench: setup

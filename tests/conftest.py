@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from gainakt3exp import tracking
 from gainakt3exp.config.params import resolve_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,3 +75,29 @@ def ray_address(tmp_path_factory):
     cluster = start_ray(tmp_path_factory.mktemp("ray"), num_cpus=2)
     yield cluster.address
     cluster.stop()
+
+
+@pytest.fixture
+def reset_mlflow_uri():
+    """tracking.connect() sets MLflow's process-wide URI; a test that connects must not leak it into other tests."""
+    yield
+    import mlflow
+
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture
+def store_dir(tmp_path, monkeypatch) -> Path:
+    """Where the tracking store would go; tests that refuse early assert it was never created."""
+    folder = tmp_path / "store"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    """One real SQLite store for the module (creating MLflow's tables takes seconds); tests use own experiments."""
+    path = tmp_path_factory.mktemp("runs_store")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{path}/mlflow.db")
+        yield tracking.connect()

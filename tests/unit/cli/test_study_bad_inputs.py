@@ -1,6 +1,6 @@
 """Bad input to gakt-study gets one clear line (the problem and the fix), exit 2, and writes nothing.
 
-The style of tests/test_bad_inputs.py: commands run in-process through click's CliRunner on gainakt3exp.cli.main;
+The style of tests/unit/cli/test_bad_inputs.py: commands run in-process through click's CliRunner on gainakt3exp.cli.main;
 each test checks the exit status, the exact error line, and that no tracking store was created. None needs Ray or
 a training (the refusals come first).
 """
@@ -9,9 +9,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from test_bad_inputs import _reset_mlflow_uri, store_dir  # noqa: F401 - the same fixtures (tests/ is on the path)
 
 from gainakt3exp.cli import main
+
+
+@pytest.fixture(autouse=True)
+def _reset_mlflow_uri(reset_mlflow_uri):
+    yield
 
 
 @pytest.fixture(autouse=True)

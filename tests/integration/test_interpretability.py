@@ -8,12 +8,13 @@ the practice count and the running accuracy of that skill. Thresholds sit a litt
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from gainakt3exp.paths import PROJECT_ROOT
+
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = PROJECT_ROOT
 
 
 @pytest.fixture(scope="module")

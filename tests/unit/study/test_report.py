@@ -13,7 +13,6 @@ import statistics
 import pytest
 from click.testing import CliRunner
 from mlflow.entities import Metric
-from test_runs import client  # noqa: F401 - one real SQLite store for the module (tests/ is on the path)
 
 from gainakt3exp import tracking
 from gainakt3exp.cli import main

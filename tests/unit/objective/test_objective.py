@@ -2,7 +2,6 @@
 or by a naive numpy loop, never by calling the code under test."""
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,8 +27,9 @@ from gainakt3exp.objective.terms import (
     sparsity_loss,
     warmup_scale,
 )
+from gainakt3exp.paths import CONFIG_DIR
 
-DEFAULTS = json.loads((Path(__file__).parents[1] / "configs" / "parameter_default.json").read_text())["defaults"]
+DEFAULTS = json.loads((CONFIG_DIR / "parameter_default.json").read_text())["defaults"]
 T, F_ = True, False
 
 

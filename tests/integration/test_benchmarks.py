@@ -5,12 +5,13 @@ Timing claims live in benchmarks/ and the README; this test only keeps the scrip
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from gainakt3exp.paths import PROJECT_ROOT
+
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = PROJECT_ROOT
 
 
 def _run(script, *args):

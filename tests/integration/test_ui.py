@@ -6,38 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gainakt3exp import tracking
-
 KIND = {"mlflow.experimentKind": "custom_model_development"}
-
-
-@pytest.fixture
-def client(local_store):
-    return tracking.connect()
-
-
-def test_a_fresh_experiment_is_a_model_training_experiment(client):
-    exp_id = tracking.ensure_experiment(client, "fresh")
-    assert client.get_experiment(exp_id).tags.items() >= KIND.items()
-
-
-def test_an_existing_experiment_without_a_kind_gets_it_and_a_chosen_kind_stays(client):
-    old = client.create_experiment("old")
-    assert "mlflow.experimentKind" not in client.get_experiment(old).tags
-    assert tracking.ensure_experiment(client, "old") == old
-    assert client.get_experiment(old).tags.items() >= KIND.items()
-    chosen = client.create_experiment("chosen", tags={"mlflow.experimentKind": "finetuning"})
-    tracking.ensure_experiment(client, "chosen")
-    assert client.get_experiment(chosen).tags["mlflow.experimentKind"] == "finetuning"
-
-
-def test_eval_table_has_a_row_per_split_and_a_column_per_metric():
-    from gainakt3exp.service.evaluation import eval_table
-
-    table = eval_table({"checkpoint_epoch": 3, "test_auc": 0.712345, "test_window_auc": 0.7, "test_n": 10,
-                        "valid_auc": 0.69, "valid_mastery_correlation": float("nan"), "test_mastery_correlation": 0.1})
-    assert table == {"columns": ["split", "auc", "n", "mastery_correlation"],
-                     "data": [["valid", 0.69, None, None], ["test", 0.7123, 10, 0.1], ["test_window", 0.7, None, None]]}
 
 
 # ------------------------------------------------------------------ the real UI in a headless Chromium (slow)

@@ -1,6 +1,5 @@
 """GainAKT3Exp (SPEC §4): causality, head flags, the mastery closed form, determinism, bf16, a golden value."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,8 +9,9 @@ from gainakt3exp.data.sequences import Batch
 from gainakt3exp.errors import ConfigError
 from gainakt3exp.model.network import GainAKT3Exp, ModelOutput
 from gainakt3exp.objective.controller import Objective
+from gainakt3exp.paths import CONFIG_DIR
 
-DEFAULTS = json.loads((Path(__file__).parents[1] / "configs" / "parameter_default.json").read_text())["defaults"]
+DEFAULTS = json.loads((CONFIG_DIR / "parameter_default.json").read_text())["defaults"]
 C, B, L = 4, 3, 6
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +11,9 @@ from gainakt3exp.cli import main
 from gainakt3exp.data import layout
 from gainakt3exp.data import sequences as data
 from gainakt3exp.data.three_line import import_three_line
+from gainakt3exp.paths import PROJECT_ROOT
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED = PROJECT_ROOT.parent / "shared" / "data"
 ASSIST = SHARED / "assist2015"
 
 pytestmark = [pytest.mark.slow,

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from gainakt3exp.paths import PROJECT_ROOT
+
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = PROJECT_ROOT
 BIN = Path(sys.executable).parent
 
 

@@ -25,14 +25,6 @@ _ids = itertools.count(420001)
 _names = itertools.count(1)
 
 
-@pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    path = tmp_path_factory.mktemp("runs_store")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{path}/mlflow.db")
-        yield tracking.connect()
-
-
 @pytest.fixture
 def experiment(client):
     name = f"runs_test_{next(_names)}"
