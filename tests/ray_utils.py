@@ -8,7 +8,7 @@
         cluster.stop()                                   # SIGTERM the --block process, then SIGKILL its group
 
 `ray stop` is never used: it stops every Ray process of the user on the machine, other people's too. The
-cluster runs as the README asks of a team cluster (RAY_kill_child_processes_on_worker_exit=false, so a dying
+cluster runs as docs/studies.md asks of a team cluster (RAY_kill_child_processes_on_worker_exit=false, so a dying
 worker's children get their parent-death signal and stop their training cleanly) and without auth (loopback).
 """
 from __future__ import annotations

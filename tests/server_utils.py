@@ -8,7 +8,7 @@
     finally:
         server.stop()                                           # SIGTERM the process group, then SIGKILL
 
-The recipe is SPEC §9: `MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --host 127.0.0.1 --port <free>
+The recipe (docs/operations.md): `MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --host 127.0.0.1 --port <free>
 --workers 1 --backend-store-uri sqlite:///<root>/db.sqlite --artifacts-destination <root>/artifacts`.
 With `auth=` the server runs `--app-name basic-auth` (needs `mlflow[auth]`, i.e. Flask-WTF): the admin account
 comes from MLFLOW_AUTH_ADMIN_PASSWORD (>= 12 characters; mlflow 3.17 ships no default) and an auth config file in

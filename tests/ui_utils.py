@@ -38,7 +38,7 @@ class Browser:
         to_chrome_r, self._to_chrome = os.pipe()
         self._from_chrome, from_chrome_w = os.pipe()
 
-        def wire():  # in the child: its fd 3 reads our commands, its fd 4 carries its answers
+        def wire():  # in the child: its fd 3 reads the commands, its fd 4 carries its answers
             r, w = os.dup(to_chrome_r), os.dup(from_chrome_w)  # above 4, so dup2 below always copies (and the
             os.dup2(r, 3)                                       # copies are inheritable, unlike os.pipe's fds)
             os.dup2(w, 4)

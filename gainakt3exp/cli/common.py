@@ -17,7 +17,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
 
 def errors(func):
-    """Turn our errors into one line on stderr and the documented exit status."""
+    """Turn the project's errors into one line on stderr and the documented exit status."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):

@@ -18,7 +18,7 @@ SIGTERMs its group: `mlflow run` exits and the training marks its run KILLED (SI
 On Ctrl-C / SIGTERM the driver force-cancels the tasks (their workers exit, the supervisors stop the children);
 a gentle cancel (KeyboardInterrupt in the task) SIGTERMs the group itself. The local cluster runs with
 RAY_kill_child_processes_on_worker_exit=false, so that Ray does not SIGKILL the supervisor first (which would orphan
-the training); a team cluster should be started the same way (README, Studies).
+the training); a team cluster should be started the same way (docs/studies.md).
 """
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ from gainakt3exp.tracking.tags import TAG_EVAL_OF, TAG_EXP_ID, TAG_REPRO_OF
 EXPERIMENT_ENV = "GAKT_EXPERIMENT_NAME"
 EXPERIMENT_NAME = "gainakt3exp"  # the experiment runs go to unless GAKT_EXPERIMENT_NAME / --experiment names another
 # The experiment's kind for the MLflow UI: model training, not GenAI. MLflow 3.x UIs that read the tag open the
-# experiment as training runs; 3.17's UI decides by its "GenAI | Model training" switch instead (README, UI).
+# experiment as training runs; 3.17's UI decides by its "GenAI | Model training" switch instead (README, Two commands).
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 _RUN_ID_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -78,7 +78,7 @@ def configure() -> str:
 
 
 def check_server(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast, naming the URI, when a remote server is down or refuses our credentials."""
+    """Fail fast, naming the URI, when a remote server is down or refuses the credentials."""
     if not is_remote(uri):
         return
     request = urllib.request.Request(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search",
@@ -240,7 +240,7 @@ def ensure_experiment(client, name: str) -> str:
             try:
                 return client.create_experiment(name, artifact_location=artifact_root(uri),
                                                 tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
-            except Exception:  # noqa: BLE001 - another process created it first (a server without our lock)
+            except Exception:  # noqa: BLE001 - another process created it first (a server without this lock)
                 found = client.get_experiment_by_name(name)
                 if found is None:
                     raise
@@ -352,7 +352,7 @@ def _local_artifact_dir(artifact_uri: str) -> Path | None:
 
 
 def json_bytes(obj) -> bytes:
-    """The one JSON layout of our artifacts (stable key order, so equal content gives equal bytes)."""
+    """The one JSON layout of the artifacts (stable key order, so equal content gives equal bytes)."""
     return (json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n").encode()
 
 

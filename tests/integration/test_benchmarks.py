@@ -1,6 +1,6 @@
 """The benchmark scripts still run and print one JSON line per measurement (smoke test on tiny synthetic data).
 
-Timing claims live in benchmarks/ and the README; this test only keeps the scripts from rotting.
+Timing claims live in benchmarks/ and docs/results.md; this test only keeps the scripts from rotting.
 """
 import json
 import subprocess
@@ -24,7 +24,16 @@ def _run(script, *args):
 def test_train_throughput_reports_interactions_per_second(synthetic_root):
     (line,) = _run("train_throughput.py", "--profile", "tiny", "--data_root", str(synthetic_root), "--batches", "2",
                    "--warmup_batches", "1")
-    assert line["results"]["interactions_per_second"] > 0 and line["results"]["peak_rss_kib"] > 0
+    r = line["results"]
+    assert r["batches"] == 2 and r["rows"] == 2 * line["params"]["batch_size"]
+    assert r["interactions"] == r["padding"]["real_interactions"] > 0
+    assert r["interactions_per_second"] == pytest.approx(r["interactions"] / r["seconds"])
+    assert r["interactions_per_cpu_second"] == pytest.approx(r["interactions"] / r["cpu_seconds"])
+    assert r["ms_per_batch"] == pytest.approx(1000 * r["seconds"] / 2)
+    padding = r["padding"]
+    assert padding["padding_fraction"] == pytest.approx(1 - r["interactions"] / padding["computed_cells"])
+    assert padding["computed_cells"] <= padding["cells_without_bucketing"] <= padding["cells_without_trimming"]
+    assert r["peak_rss_kib"] >= r["peak_rss_kib_before_training"] > 0
 
 
 def test_train_throughput_counts_the_matrix_work_of_the_gain_head_exactly(synthetic_root):
@@ -61,15 +70,28 @@ def test_extras_cost_trains_both_configurations_on_the_same_batches(synthetic_ro
 
 
 def test_eval_correlations_reports_one_line_per_student_count(synthetic_root):
+    from gainakt3exp.data.sequences import dataset_spec, load_split, num_interactions
+
     lines = _run("eval_correlations.py", "--profile", "tiny", "--data_root", str(synthetic_root),
                  "--students", "10", "all")
     assert [line["results"]["students_requested"] for line in lines] == ["10", "all"]
-    assert all(line["results"]["seconds"] > 0 for line in lines)
+    few, every = (line["results"] for line in lines)
+    test = load_split(dataset_spec("synthetic", synthetic_root), "test", 0, lines[0]["params"]["seq_len"])
+    assert few["split"] == every["split"] == "test" and every["split_rows"] == len(test.lengths)
+    assert few["students"] == 10 and every["students"] == len(test.lengths)
+    assert every["interactions"] == num_interactions(test) > few["interactions"] > 0
+    for r in (few, every):
+        assert r["correlation_students"] <= r["students"]
+        assert -1 <= r["mastery_correlation"] <= 1 and r["seconds"] >= r["collect_outputs_seconds"] > 0
 
 
 def test_epoch_overhead_reports_the_share_of_logging(synthetic_root, tmp_path):
     (line,) = _run("epoch_overhead.py", "--profile", "tiny", "--data_root", str(synthetic_root), "--batches", "2")
-    assert 0 <= line["results"]["percent_of_epoch"]["overhead"] < 100
+    r = line["results"]
+    for part, percent in r["percent_of_epoch"].items():  # every share is its seconds over the epoch's
+        assert percent == pytest.approx(100 * r[f"{part}_seconds"] / r["epoch_seconds"]), part
+    assert r["overhead_seconds"] == pytest.approx(r["trajectory_seconds"] + r["mlflow_logging_seconds"])
+    assert 0 < r["percent_of_epoch"]["overhead"] < 100
 
 
 def test_study_overhead_reports_the_engine_overhead_and_the_parallel_ratio(synthetic_root):

@@ -21,7 +21,7 @@ BIN = Path(sys.executable).parent
 
 
 def gakt(env, *args, check=True):
-    """Run one of our console scripts; returns the CompletedProcess (stdout+stderr captured)."""
+    """Run one of the console scripts; returns the CompletedProcess (stdout+stderr captured)."""
     proc = subprocess.run([str(BIN / args[0]), *args[1:]], env=env, capture_output=True, text=True, timeout=900)
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")

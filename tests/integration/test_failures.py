@@ -67,7 +67,7 @@ def training(data_root, store, tmp_path):
     """A running training process (its own process group); whatever remains of it is killed afterwards.
 
     The store is created here first: the test polls it while the process writes, and two processes creating a
-    fresh SQLite store at once can corrupt it (SPEC §9)."""
+    fresh SQLite store at once can corrupt it."""
     tracking.connect()
     proc = _start_training(data_root, store, tmp_path)
     yield proc
@@ -166,7 +166,7 @@ def test_a_crash_in_training_marks_the_run_failed_with_the_reason(data_root, sto
     handler_before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(RuntimeError, match="simulated crash"):
         training_service.run_training(params)
-    assert signal.getsignal(signal.SIGTERM) is handler_before  # our SIGTERM handler is removed again
+    assert signal.getsignal(signal.SIGTERM) is handler_before  # the SIGTERM handler is removed again
 
     client = _client(store)
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])

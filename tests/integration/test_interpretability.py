@@ -2,7 +2,7 @@
 
 1000 synthetic students x 20 skills (seed 7), the cpu-tuned profile. The learned mastery of the next skill must
 track the generator's true mastery better than the two trivial baselines a user could compute without any model:
-the practice count and the running accuracy of that skill. Thresholds sit a little below what the README reports
+the practice count and the running accuracy of that skill. Thresholds sit a little below what docs/results.md reports
 (measured on this machine), so the test checks the claim without being flaky.
 """
 import json

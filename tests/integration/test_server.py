@@ -26,7 +26,7 @@ REFUSAL_SECONDS = 10.0
 
 
 def gakt(env, *args, check=True, timeout=600):
-    """Run one of our console scripts; returns the CompletedProcess (stdout+stderr captured)."""
+    """Run one of the console scripts; returns the CompletedProcess (stdout+stderr captured)."""
     proc = subprocess.run([str(BIN / args[0]), *args[1:]], env=env, capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL)
     if check and proc.returncode != 0:

@@ -180,7 +180,7 @@ def test_repro_then_compare_says_identical(finished):
 
 def _start(env, args, tmp_path):
     """The driver in the background; the store is created first, since the test reads it while the driver writes
-    (two processes creating a fresh SQLite store at once can corrupt it, SPEC §9)."""
+    (two processes creating a fresh SQLite store at once can corrupt it)."""
     _client(env).search_experiments()
     log = open(tmp_path / "driver.log", "w")
     proc = subprocess.Popen([str(BIN / args[0]), *args[1:]], env=env, stdout=log, stderr=subprocess.STDOUT,

@@ -9,6 +9,7 @@ from gainakt3exp.config.params import (
     defaults_md5,
     format_value,
     list_profiles,
+    load_profile,
     load_defaults,
     parse_value,
     resolve_params,
@@ -117,9 +118,18 @@ def test_profiles_apply_in_order_and_are_recorded_as_overrides():
     assert resolved.profiles == ["cpu-small"]
 
 
-def test_every_committed_profile_validates():
-    for name in list_profiles():
-        resolve_params({}, [name])
+def test_every_committed_profile_validates_and_changes_exactly_its_overrides():
+    names = list_profiles()
+    assert {"cpu-small", "cpu-assist", "cpu-tuned", "pure-bce", "quickstart", "tiny"} <= set(names)
+    defaults = load_defaults().values
+    for name in names:
+        overrides = load_profile(name)
+        assert overrides and set(overrides) <= set(defaults), name
+        resolved = resolve_params({}, [name])
+        assert resolved.profiles == [name]
+        changed = {k: v for k, v in overrides.items() if v != defaults[k]}
+        assert resolved.overrides == changed, name
+        assert {k: resolved.params[k] for k in overrides} == overrides, name
 
 
 def test_unknown_profile_lists_the_known_ones():

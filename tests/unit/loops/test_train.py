@@ -90,11 +90,14 @@ def test_checkpoint_handed_over_is_the_best_epoch(tiny_params):
     assert results["last_epoch"] == 3
 
 
-def test_true_mastery_correlation_is_reported_on_synthetic_data(tiny_params):
+def test_true_mastery_correlation_is_reported_and_positive_on_synthetic_data(tiny_params):
+    """The tiny model's mastery already follows the simulated true mastery after two epochs (measured 0.27, 0.28);
+    a sign error, a misaligned truth row or a mastery that ignores the history gives ~0 or less."""
     sink = MemorySink()
     train_model(tiny_params, sink)
-    value = sink.metrics["trajectory/true_mastery_correlation"][-1][1]
-    assert math.isfinite(value) and -1 <= value <= 1
+    steps = sink.metrics["trajectory/true_mastery_correlation"]
+    assert [s for s, _ in steps] == [1, 2]
+    assert all(value > 0.15 for _, value in steps), steps
 
 
 def test_results_hold_the_semantic_trajectory_like_the_seed(tiny_params):
@@ -155,10 +158,17 @@ def test_batch_metrics_are_logged_every_monitor_freq_batches(tiny_params):
     assert "batch/loss" not in quiet.metrics
 
 
-def test_bf16_autocast_trains_with_finite_losses(tiny_params):
-    sink = MemorySink()
-    train_model({**tiny_params, "use_amp": True, "epochs": 1}, sink)
-    assert math.isfinite(sink.metrics["train/loss"][0][1]) and 0 <= sink.metrics["val/auc"][0][1] <= 1
+def test_bf16_autocast_trains_like_float32(tiny_params):
+    """One epoch with use_amp true against the same epoch in float32: training loss within 1e-3 and validation AUC
+    within 0.01 (measured 2e-5 and 4e-4)."""
+    runs = {}
+    for amp in (True, False):
+        sink = MemorySink()
+        train_model({**tiny_params, "use_amp": amp, "epochs": 1}, sink)
+        runs[amp] = (sink.metrics["train/loss"][0][1], sink.metrics["val/auc"][0][1])
+    (loss16, auc16), (loss32, auc32) = runs[True], runs[False]
+    assert loss16 != loss32  # autocast was in force
+    assert abs(loss16 - loss32) < 1e-3 and abs(auc16 - auc32) < 0.01
 
 
 # ------------------------------------------------------------------------------------ host syncs
@@ -167,7 +177,7 @@ _SYNCS = ("item", "tolist", "numpy", "cpu", "__float__", "__int__", "__bool__", 
 
 
 def _syncs_of_one_epoch(params, rows, monkeypatch) -> int:
-    """Calls our code makes that read a tensor back to the host (each one a device sync on a GPU), in one
+    """Calls the code makes that read a tensor back to the host (each one a device sync on a GPU), in one
     _train_epoch over `rows` of the training windows. Calls from torch itself (the optimizer's CPU step count) are
     not ours and not counted."""
     import dataclasses

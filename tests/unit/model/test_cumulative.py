@@ -8,7 +8,7 @@ from gainakt3exp.model.cumulative import cumulative_steps
 
 
 def _definition(v, w, b, m0, c, q, scale):
-    """SPEC §4 literally: g = ReLU(W v + b), m_t = min(1, m_0 + scale * sum_{1<=tau<=t} g_tau)."""
+    """docs/model.md literally: g = ReLU(W v + b), m_t = min(1, m_0 + scale * sum_{1<=tau<=t} g_tau)."""
     g = F.relu(v @ w.t() + b)
     g_from_1 = torch.cat([torch.zeros_like(g[:, :1]), g[:, 1:]], 1)
     u = m0.unsqueeze(1) + scale * g_from_1.cumsum(1)

@@ -1,9 +1,10 @@
-"""GainAKT3Exp (SPEC §4): causality, head flags, the mastery closed form, determinism, bf16, a golden value."""
+"""GainAKT3Exp: causality, head flags, the mastery closed form, determinism, bf16, a golden value."""
 import json
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from gainakt3exp.data.sequences import Batch
 from gainakt3exp.errors import ConfigError
@@ -137,25 +138,38 @@ def test_forward_is_deterministic_under_deterministic_algorithms():
 
 
 @pytest.mark.parametrize("attention_bias", ["none", "alibi"])
-def test_forward_runs_under_bf16_autocast(attention_bias):
+def test_forward_under_bf16_autocast_matches_float32(attention_bias):
+    """bf16 matrix products, float32 outputs: logits, mastery and gains within 0.02 of the float32 pass (measured
+    max |diff| 0.002-0.005 on this model; a float16 bias, a lost cast or a bf16 cumulative sum is far off)."""
     torch.manual_seed(0)
     model = _model(attention_bias=attention_bias)
+    reference = model(*_inputs())
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(*_inputs())
-    for t in out[:3]:
-        assert t.dtype == torch.float32 and torch.isfinite(t).all()
+    for name, got, want in zip(("logits", "mastery", "gains"), out[:3], reference[:3]):
+        assert got.dtype == torch.float32, name
+        assert torch.allclose(got, want, atol=0.02, rtol=0), (name, float((got - want).abs().max()))
     assert (out.mastery <= 1).all()
 
 
-def test_training_step_under_bf16_autocast_has_finite_gradients():
-    """Train mode: dropout masks and the split head under autocast, then a backward pass."""
+def _gradients(amp: bool) -> torch.Tensor:
     torch.manual_seed(0)
     model = _model().train()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    torch.manual_seed(5)  # the same dropout masks in both passes
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
         out = model(*_inputs())
     (out.logits.sum() + out.mastery.mean() + out.gains.mean()).backward()
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    assert len(grads) == len(list(model.parameters())) and all(torch.isfinite(g).all() for g in grads)
+    assert all(p.grad is not None for p in model.parameters())
+    return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+def test_training_step_under_bf16_autocast_gives_the_float32_gradients():
+    """Train mode: dropout masks and the split head under autocast, then a backward pass. Every parameter gets a
+    gradient, and the whole gradient points where float32's does (measured: cosine 0.99999, relative error 0.4%)."""
+    g16, g32 = _gradients(True), _gradients(False)
+    assert torch.isfinite(g16).all()
+    assert float(F.cosine_similarity(g16, g32, dim=0)) > 0.999
+    assert float((g16 - g32).norm() / g32.norm()) < 0.02
 
 
 def test_golden_first_forward_and_loss_of_a_tiny_seeded_model():

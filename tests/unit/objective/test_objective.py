@@ -1,4 +1,4 @@
-"""Loss terms and the Objective's schedules (SPEC §5, §8). Expected values are worked out by hand in comments
+"""Loss terms and the Objective's schedules (docs/model.md). Expected values are worked out by hand in comments
 or by a naive numpy loop, never by calling the code under test."""
 import json
 import math
@@ -93,7 +93,7 @@ def test_sparsity_is_mean_gain_of_other_skills():
 
 
 def _definition_consistency(m0, g, mask, scale):
-    """SPEC §5 on full tensors: mean |(m_t - m_{t-1}) - scale g_t| over valid pairs, m = min(1, m0 + scale S)."""
+    """docs/model.md on full tensors: mean |(m_t - m_{t-1}) - scale g_t| over valid pairs, m = min(1, m0 + scale S)."""
     s = torch.cat([torch.zeros_like(g[:, :1]), g[:, 1:]], 1).cumsum(1)
     m = torch.clamp(m0.unsqueeze(1) + scale * s, max=1.0)
     pair = (mask[:, 1:] & mask[:, :-1]).unsqueeze(-1).expand_as(m[:, 1:])
@@ -298,7 +298,7 @@ def test_terms_of_an_all_padding_batch_are_zero_and_keep_the_graph():
 
 
 def _definition_parts(model_out, batch, params, objective):
-    """Every weighted term from full (B, L, C) mastery and gains, as SPEC §5 writes them (one-hot masks and all)."""
+    """Every weighted term from full (B, L, C) mastery and gains, as docs/model.md writes them (one-hot masks and all)."""
     m, g, c, r, y, mask = model_out.mastery, model_out.gains, batch.c, batch.r, batch.y, batch.mask
     w = objective.effective_constraint_weights()
     cons, _ = _definition_consistency(model_out.m0, g, mask, params["mastery_gain_scale"])
@@ -328,7 +328,7 @@ def _definition_parts(model_out, batch, params, objective):
 
 @pytest.mark.parametrize("population", ["pooled", "within_student"])
 def test_objective_of_the_reduced_pass_equals_the_full_tensor_definitions(population):
-    """Every term from per-step values (no (B, L, C) tensor) equals SPEC §5 on full mastery and gains."""
+    """Every term from per-step values (no (B, L, C) tensor) equals docs/model.md on full mastery and gains."""
     params = _params(seq_len=13, d_model=16, n_heads=2, num_encoder_blocks=1, d_ff=16, dropout=0.0,
                      mastery_gain_scale=0.5, warmup_constraint_epochs=1, non_negative_loss_weight=0.3,
                      alignment_population=population)
@@ -512,7 +512,7 @@ def test_weight_on_a_missing_head_is_a_config_error():
 
 
 def test_share_cap_fires_on_a_negative_share_whose_size_exceeds_the_cap():
-    """Alignment is a reward: its share is negative when it works. The cap compares |share| (SPEC §5)."""
+    """Alignment is a reward: its share is negative when it works. The cap compares |share|."""
     objective = Objective(_params(alignment_weight=0.25, alignment_share_cap=0.08, alignment_share_decay_factor=0.7,
                                   alignment_warmup_epochs=0, adaptive_alignment=False))
     kw = dict(mastery_correlation=0.3, mean_mastery_variance=1.0)
