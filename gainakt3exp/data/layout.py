@@ -89,6 +89,7 @@ def _format_values(a: np.ndarray) -> np.ndarray:
 TRAIN_VALID_FILE, TEST_FILE, TEST_WINDOW_FILE = "train_valid_sequences.csv", "test_sequences.csv", \
     "test_window_sequences.csv"
 TRAIN_VALID_ORIGINAL, TEST_ORIGINAL = "train_valid.csv", "test.csv"
+TEST_QUESTION_FILE, TEST_QUESTION_WINDOW_FILE = "test_question_sequences.csv", "test_question_window_sequences.csv"
 
 
 def write_pykt_folder(out_dir: Path, train_valid: dict, folds: np.ndarray, test: dict, maxlen: int,
@@ -100,7 +101,9 @@ def write_pykt_folder(out_dir: Path, train_valid: dict, folds: np.ndarray, test:
     responses, as pyKT does. Returns per file: rows, students, interactions (positions with selectmask 1)."""
     out_dir = Path(out_dir)
     test = {**test, "cidxs": np.arange(int(test["lengths"].sum()))}
-    steps = ["concepts", "responses", *extra]
+    questions = "questions" in train_valid  # pyKT's column order: questions first, is_repeat after selectmasks
+    steps = [*(["questions"] if questions else []), "concepts", "responses", *extra]
+    after = ["is_repeat"] if questions else []
     summary = {}
     for name, d, fold, windows, sliding in (
             (TRAIN_VALID_FILE, train_valid, np.asarray(folds), split_windows(train_valid["lengths"], maxlen,
@@ -113,16 +116,115 @@ def write_pykt_folder(out_dir: Path, train_valid: dict, folds: np.ndarray, test:
         sm = window_selectmasks(start, length, maxlen, sliding)
         lists = [gather_windows(d[k], offsets, student, start, length, maxlen,
                                 pad="-1" if d[k].dtype.kind in "USO" else -1) for k in steps]
+        later = [gather_windows(d[k], offsets, student, start, length, maxlen) for k in after]
         cidxs = [gather_windows(d["cidxs"], offsets, student, start, length, maxlen)] if "cidxs" in d else []
-        header = ["fold", "uid", *steps, "selectmasks"] + (["cidxs"] if cidxs else [])
-        write_sequence_csv(out_dir / name, header, fold[student], d["uid"][student], lists + [sm] + cidxs)
+        header = ["fold", "uid", *steps, "selectmasks", *after] + (["cidxs"] if cidxs else [])
+        write_sequence_csv(out_dir / name, header, fold[student], d["uid"][student], lists + [sm] + later + cidxs)
         summary[name] = {"rows": int(len(student)), "students": int(len(np.unique(student))),
                          "interactions": int((sm == 1).sum())}
-    write_unwindowed_csv(out_dir / TRAIN_VALID_ORIGINAL, ["fold", "uid", *steps], np.asarray(folds),
-                         train_valid, steps)
-    write_unwindowed_csv(out_dir / TEST_ORIGINAL, ["fold", "uid", *steps, "cidxs"], np.full(len(test["uid"]), -1),
-                         test, [*steps, "cidxs"])
+    write_unwindowed_csv(out_dir / TRAIN_VALID_ORIGINAL, ["fold", "uid", *steps, *after], np.asarray(folds),
+                         train_valid, [*steps, *after])
+    write_unwindowed_csv(out_dir / TEST_ORIGINAL, ["fold", "uid", *steps, *after, "cidxs"],
+                         np.full(len(test["uid"]), -1), test, [*steps, *after, "cidxs"])
+    if questions:
+        for name, sliding in ((TEST_QUESTION_FILE, False), (TEST_QUESTION_WINDOW_FILE, True)):
+            summary[name] = write_question_file(out_dir / name, test, maxlen, min_seq_len, tuple(extra), sliding)
     return summary
+
+
+def question_rows(is_repeat: np.ndarray, lengths: np.ndarray) -> tuple[list, np.ndarray, np.ndarray, np.ndarray]:
+    """pyKT's expand_question for every student: the rows that predict each concept of an answer from a history
+    without that answer (generate_question_sequences), before windowing.
+
+    A "running" row holds the single-concept answers and ends with the first concept of a multi-concept answer;
+    each further concept of that answer gets a row of its own: the history before the answer plus that step.
+    Returns (rows: per student a list of (prefix P, tail steps T), student-local step indices; a row is steps
+    0..P-1 with selectmask -1, then T with selectmask 1), qidxs (each step's answer, counted over all students),
+    rest (later steps of the same answer) and the per-step offsets of the students."""
+    offsets = np.cumsum(lengths) - lengths
+    starts = is_repeat == 0
+    qidxs = np.cumsum(starts) - 1
+    answer_end = np.empty(len(is_repeat), dtype=np.int64)  # global index one past each step's answer
+    first = np.flatnonzero(starts)
+    ends = np.append(first[1:], len(is_repeat))
+    answer_end[:] = ends[qidxs]
+    # an answer never spans two students: is_repeat is 0 at every student's first step
+    rest = answer_end - 1 - np.arange(len(is_repeat))
+    rows = []
+    for o, n in zip(offsets.tolist(), lengths.tolist()):
+        rep = is_repeat[o:o + n]
+        mine = []
+        answer_start = 0
+        i = 0
+        while i < n:
+            if rep[i] == 0:  # a running row: single-concept answers, then the first concept of the next one
+                e = i + 1
+                while e < n and rep[e] == 0:
+                    e += 1
+                p = max(i, 1)  # a student's very first step is history only
+                mine.append((p, np.arange(p, e)))
+                answer_start = e - 1  # the answer that the following repeated steps belong to
+                i = e
+            else:
+                mine.append((answer_start, np.array([i])))
+                i += 1
+        rows.append(mine)
+    return rows, qidxs, rest, offsets
+
+
+def write_question_file(path: Path, test: dict, maxlen: int, min_seq_len: int, extra: tuple, sliding: bool) -> dict:
+    """test_question_sequences.csv (sliding False) or test_question_window_sequences.csv (True), as pyKT's
+    generate_question_sequences writes them: the rows of question_rows, cut to maxlen (chunks whose last step
+    scores and a tail of >= min_seq_len steps; or the first window and one window per later scored step), with the
+    columns fold,uid,questions,concepts,responses[,timestamps,usetimes],selectmasks,is_repeat,qidxs,rest,orirow."""
+    rows, qidxs, rest, offsets = question_rows(np.asarray(test["is_repeat"]), np.asarray(test["lengths"]))
+    orirow = np.repeat(np.arange(len(test["lengths"])), test["lengths"])
+    index, masks, owner = [], [], []
+    for student, mine in enumerate(rows):
+        o = offsets[student]
+        for p, tail in mine:
+            steps = np.concatenate([np.arange(p), tail]) + o
+            sm = np.concatenate([np.full(p, -1), np.ones(len(tail), dtype=np.int64)])
+            n = len(steps)
+            if n < 2:
+                continue
+            if n < maxlen:
+                index.append(np.pad(steps, (0, maxlen - n), constant_values=-1))
+                masks.append(np.pad(sm, (0, maxlen - n), constant_values=-1))
+                owner.append(student)
+            elif sliding:
+                if sm[maxlen - 1] == 1:
+                    index.append(steps[:maxlen]), masks.append(sm[:maxlen]), owner.append(student)
+                last = np.zeros(maxlen, dtype=np.int64) - 1
+                last[-1] = 1
+                for end in (np.flatnonzero(sm[maxlen:] == 1) + maxlen + 1).tolist():
+                    index.append(steps[end - maxlen:end]), masks.append(last), owner.append(student)
+            else:
+                k = 0
+                while n >= k + maxlen:
+                    if sm[k + maxlen - 1] == 1:
+                        index.append(steps[k:k + maxlen]), masks.append(sm[k:k + maxlen]), owner.append(student)
+                    k += maxlen
+                if n - k >= min_seq_len:
+                    index.append(np.pad(steps[k:], (0, maxlen - (n - k)), constant_values=-1))
+                    masks.append(np.pad(sm[k:], (0, maxlen - (n - k)), constant_values=-1))
+                    owner.append(student)
+    idx = np.array(index, dtype=np.int64).reshape(-1, maxlen)
+    sm = np.array(masks, dtype=np.int64).reshape(-1, maxlen)
+    owner = np.array(owner, dtype=np.int64)
+    pad = idx < 0
+
+    def column(values: np.ndarray) -> np.ndarray:
+        string = values.dtype.kind in "USO"
+        got = values[np.where(pad, 0, idx)]
+        return np.where(pad, "-1" if string else -1, got)
+
+    steps = ["questions", "concepts", "responses", *extra]
+    lists = [column(np.asarray(test[k])) for k in steps] + [sm] + [column(np.asarray(test["is_repeat"]))] + \
+        [column(v) for v in (qidxs, rest, orirow)]
+    header = ["fold", "uid", *steps, "selectmasks", "is_repeat", "qidxs", "rest", "orirow"]
+    write_sequence_csv(path, header, np.full(len(owner), -1), np.asarray(test["uid"])[owner], lists)
+    return {"rows": int(len(owner)), "students": int(len(np.unique(owner))), "interactions": int((sm == 1).sum())}
 
 
 def write_unwindowed_csv(path: Path, header: list[str], fold: np.ndarray, d: dict, columns: list[str]) -> None:
@@ -139,13 +241,19 @@ def write_unwindowed_csv(path: Path, header: list[str], fold: np.ndarray, d: dic
     write_bytes_atomic(path, (",".join(header) + "\n" + body).encode())
 
 
-def pykt_entry(dpath: str, num_c: int, maxlen: int, min_seq_len: int, folds: list[int]) -> dict:
-    """The data_config.json entry pyKT's split_datasets.write_config writes for a concept-level data set."""
-    return {"dpath": dpath, "num_q": 0, "num_c": int(num_c), "input_type": ["concepts"], "max_concepts": 1,
-            "min_seq_len": int(min_seq_len), "maxlen": int(maxlen), "emb_path": "",
-            "train_valid_original_file": TRAIN_VALID_ORIGINAL, "train_valid_file": TRAIN_VALID_FILE,
-            "folds": list(folds), "test_original_file": TEST_ORIGINAL, "test_file": TEST_FILE,
-            "test_window_file": TEST_WINDOW_FILE}
+def pykt_entry(dpath: str, num_c: int, maxlen: int, min_seq_len: int, folds: list[int], num_q: int = 0,
+               max_concepts: int = 1) -> dict:
+    """The data_config.json entry pyKT's split_datasets.write_config writes: concept-level (num_q 0) or, with
+    num_q question ids, question-level (input_type questions and concepts, and the two question test files)."""
+    entry = {"dpath": dpath, "num_q": int(num_q), "num_c": int(num_c),
+             "input_type": ["questions", "concepts"] if num_q else ["concepts"], "max_concepts": int(max_concepts),
+             "min_seq_len": int(min_seq_len), "maxlen": int(maxlen), "emb_path": "",
+             "train_valid_original_file": TRAIN_VALID_ORIGINAL, "train_valid_file": TRAIN_VALID_FILE,
+             "folds": list(folds), "test_original_file": TEST_ORIGINAL, "test_file": TEST_FILE,
+             "test_window_file": TEST_WINDOW_FILE}
+    if num_q:
+        entry.update(test_question_file=TEST_QUESTION_FILE, test_question_window_file=TEST_QUESTION_WINDOW_FILE)
+    return entry
 
 
 def write_pykt_config(out_dir: Path, name: str, entry: dict) -> Path:

@@ -79,21 +79,27 @@ def read_data_txt(path: Path) -> dict:
         r, j = divmod(flat, 6)
         raise DataError(f"{path} line {flat + 1}: {_problem(slots, r, j, length, absent)}; {_RECORD} (a line "
                         "missing or extra above here shifts the records)")
-    if not absent[0, 1]:
-        raise DataError(f"{path} line 2: the records hold question ids (question-level data, e.g. pyKT's "
-                        "assist2009 or algebra2005); gainakt3exp imports concept-level data only (questions NA, "
-                        "one concept per response, as pyKT's assist2015 or statics2011)")
     if absent[0, 2]:
-        raise DataError(f"{path} line 3: the records have no concept ids (NA); gainakt3exp imports concept-level "
-                        "data (a concept id per response)")
-    multi = [r for r in range(n) if "_" in slots[6 * r + 2]]
-    if multi:
-        raise DataError(f"{path} line {6 * multi[0] + 3}: concept ids joined by '_' (several concepts per "
-                        "response: pyKT's multi-concept question-level data); gainakt3exp imports concept-level "
-                        "data only, one concept per response")
+        raise DataError(f"{path} line 3: the records have no concept ids (NA); gainakt3exp imports data with a "
+                        "concept id per response (and question ids where pyKT's data.txt has them)")
+    question_level = not absent[0, 1]
+    for r in range(n):
+        field = slots[6 * r + 2]
+        if "_" not in field:
+            continue
+        if not question_level:
+            raise DataError(f"{path} line {6 * r + 3}: concept ids joined by '_' (several concepts per response) "
+                            "but the records have no question ids (line 2 is NA); pyKT expands multi-concept "
+                            "answers only for question-level data: add the question ids, or give one concept per "
+                            "response")
+        empty = next((part for part in field.split(",") if "" in part.split("_")), None)
+        if empty is not None:
+            raise DataError(f"{path} line {6 * r + 3}: concept field {empty!r} has an empty id; a multi-concept "
+                            "answer lists its concept ids joined by '_', e.g. 7_9")
     return {"uid": np.array([h[0] for h in heads]), "lengths": length,
             "lines": {kind: slots[j::6] for j, kind in enumerate(LINES)},
-            "present": [kind for j, kind in enumerate(LINES) if j and not absent[0, j]], "path": path}
+            "present": [kind for j, kind in enumerate(LINES) if j and not absent[0, j]], "path": path,
+            "question_level": question_level}
 
 
 def _problem(slots: list, r: int, j: int, length: np.ndarray, absent: np.ndarray) -> str:
@@ -155,13 +161,20 @@ def import_pykt(src: Path, out_dir: Path, *, name: str, min_seq_len: int = 3, ma
         k = int(np.repeat(6 * keep + 4, kept_len)[np.argmax(bad)])
         raise DataError(f"{rec['path']} line {k}: response {responses[np.argmax(bad)]}; allowed 0 or 1 (pyKT's "
                         "read_data would drop this student silently; fix or remove the record)")
-    concepts, concept_ids = _first_appearance(
-        np.array(",".join(lines["concepts"][i] for i in keep).split(",")))
-    uid, uids = _first_appearance(rec["uid"][keep])
     extra = [kind for kind in ("timestamps", "usetimes") if kind in rec["present"]]
-    flat = {"concepts": concepts, "responses": responses,
-            **{kind: np.array(",".join(lines[kind][i] for i in keep).split(",")) for kind in extra}}
-    entry = pykt_entry(str(Path(out_dir).resolve()), len(concept_ids), maxlen, min_seq_len, list(range(kfold)))
+    per_answer = {kind: np.array(",".join(lines[kind][i] for i in keep).split(",")) for kind in extra}
+    if rec["question_level"]:
+        step_len, flat, max_concepts = _expand_multi_concepts(lines, keep, kept_len, responses, per_answer)
+        flat["questions"], question_ids = _first_appearance(flat["questions"])
+    else:
+        step_len, max_concepts = kept_len, 1
+        flat = {"concepts": np.array(",".join(lines["concepts"][i] for i in keep).split(",")),
+                "responses": responses, **per_answer}
+    flat["concepts"], concept_ids = _first_appearance(flat["concepts"])
+    uid, uids = _first_appearance(rec["uid"][keep])
+    num_q = len(question_ids) if rec["question_level"] else 0
+    entry = pykt_entry(str(Path(out_dir).resolve()), len(concept_ids), maxlen, min_seq_len, list(range(kfold)),
+                       num_q=num_q, max_concepts=max_concepts)
     if on_entry is not None:
         on_entry(entry)
 
@@ -172,15 +185,36 @@ def import_pykt(src: Path, out_dir: Path, *, name: str, min_seq_len: int = 3, ma
     test = shuffled[train_num:]
 
     def students(order: np.ndarray) -> dict:
-        steps = _steps(kept_len, order)
-        return {"uid": uid[order], "lengths": kept_len[order], **{k: v[steps] for k, v in flat.items()}}
+        steps = _steps(step_len, order)
+        return {"uid": uid[order], "lengths": step_len[order], **{k: v[steps] for k, v in flat.items()}}
 
     written = write_pykt_folder(out_dir, students(train_valid), split_folds(train_num, kfold), students(test),
                                 maxlen, min_seq_len, extra=tuple(extra))
-    write_keyid2idx(out_dir, {"concepts": dict(zip(concept_ids, range(len(concept_ids)))),
-                              "uid": dict(zip(uids, range(len(uids)))), "max_concepts": 1})
+    ids = {"questions": question_ids} if num_q else {}
+    ids.update(concepts=concept_ids, uid=uids)
+    write_keyid2idx(out_dir, {**{key: dict(zip(v, range(len(v)))) for key, v in ids.items()},
+                              "max_concepts": max_concepts})
     write_pykt_config(out_dir, name, entry)
     return {"records": len(lengths), "dropped": {"students": len(lengths) - n,
                                                  "interactions": int(lengths.sum() - kept_len.sum())},
             "students": {"train_valid": train_num, "test": n - train_num}, "num_c": len(concept_ids),
-            "written": written}
+            "num_q": num_q, "max_concepts": max_concepts,
+            "expanded_steps": int(step_len.sum()) if num_q else None, "written": written}
+
+
+def _expand_multi_concepts(lines: dict, keep: np.ndarray, kept_len: np.ndarray, responses: np.ndarray,
+                           per_answer: dict) -> tuple[np.ndarray, dict, int]:
+    """pyKT's extend_multi_concepts: an answer tagged `7_9` becomes two steps, concepts 7 then 9, with the
+    answer's question, response (and times) on each, is_repeat 0 on the first and 1 on the others. Returns each
+    student's step count, the per-step arrays and max_concepts (pyKT's get_max_concepts, before expansion)."""
+    fields = ",".join(lines["concepts"][i] for i in keep).split(",")
+    k = np.fromiter((f.count("_") + 1 for f in fields), dtype=np.int64, count=len(fields))
+    answer = np.repeat(np.arange(len(fields)), k)
+    is_repeat = np.ones(len(answer), dtype=np.int64)
+    is_repeat[np.cumsum(k) - k] = 0
+    student = np.repeat(np.arange(len(keep)), kept_len)
+    questions = np.array(",".join(lines["questions"][i] for i in keep).split(","))
+    flat = {"questions": questions[answer], "concepts": np.array("_".join(fields).split("_")),
+            "responses": responses[answer], **{kind: v[answer] for kind, v in per_answer.items()},
+            "is_repeat": is_repeat}
+    return np.bincount(student[answer], minlength=len(keep)).astype(np.int64), flat, int(k.max())

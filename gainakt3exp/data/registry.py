@@ -27,6 +27,9 @@ from gainakt3exp.files import write_bytes_atomic
 BUILTIN = CONFIG_DIR / "data_config.json"
 REGISTRY_ENV = "GAKT_DATA_REGISTRY"
 REQUIRED_KEYS = ("dpath", "num_c", "maxlen", "folds", "train_valid_file", "test_file", "test_window_file")
+#: pyKT's question-level evaluation files (generate_question_sequences); optional: gakt-eval rebuilds their rows
+#: from test_original_file when they are absent.
+QUESTION_FILE_KEYS = ("test_question_file", "test_question_window_file")
 #: Keys that say where the files are, not what they hold: a reproduction checks the files' hashes instead.
 LOCATION_KEYS = ("dpath", "registered_from")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -80,10 +83,24 @@ def check_entry(name: str, entry: dict, origin: Path) -> None:
         ("dpath", isinstance(entry["dpath"], str) and bool(entry["dpath"])),
     ) if not ok]
     problems += [k for k in REQUIRED_KEYS[4:] if not isinstance(entry[k], str) or not entry[k]]
+    if is_question_level(entry):
+        num_q = entry.get("num_q")
+        problems += [k for k, ok in (
+            ("num_q", isinstance(num_q, int) and not isinstance(num_q, bool) and num_q >= 1),
+            ("max_concepts", isinstance(entry.get("max_concepts", 1), int) and entry.get("max_concepts", 1) >= 1),
+        ) if not ok]
+        problems += [k for k in QUESTION_FILE_KEYS if k in entry and (not isinstance(entry[k], str) or not entry[k])]
     if problems:
-        raise ConfigError(f"data set {name!r} in {origin}: {', '.join(f'{k}={entry[k]!r}' for k in problems)} "
+        raise ConfigError(f"data set {name!r} in {origin}: {', '.join(f'{k}={entry.get(k)!r}' for k in problems)} "
                           "not allowed (num_c an integer >= 1, maxlen >= 2, folds a list of integers, dpath and "
-                          "file names non-empty strings)")
+                          "file names non-empty strings; with input_type questions, num_q an integer >= 1 and "
+                          "max_concepts >= 1)")
+
+
+def is_question_level(entry: dict) -> bool:
+    """Whether the data set has question ids (pyKT's input_type holds "questions"): its sequence files carry a
+    `questions` and an `is_repeat` column, and a question may be tagged with several concepts."""
+    return "questions" in entry.get("input_type", [])
 
 
 def known_sets() -> dict[str, Known]:
@@ -184,8 +201,7 @@ def unregister(name: str) -> dict:
 def pykt_entries(path: Path, name: str | None = None) -> dict[str, dict]:
     """Entries of pyKT's own data_config.json (all, or just `name`), ready to register: each dpath made absolute
     (a relative one is resolved against the folder of that file) and the file recorded as registered_from.
-
-    Question-level entries (input_type with "questions") are refused: this model trains on concepts."""
+    Concept-level and question-level entries (input_type with "questions", num_q question ids) alike."""
     path = Path(path).expanduser().resolve()
     config = read_data_config(path)
     if name is not None and name not in config:
@@ -195,10 +211,6 @@ def pykt_entries(path: Path, name: str | None = None) -> dict[str, dict]:
     out = {}
     for key, entry in chosen.items():
         check_entry(key, entry, path)
-        if "questions" in entry.get("input_type", []):
-            raise ConfigError(f"data set {key!r} of {path} is question-level (input_type {entry['input_type']}); "
-                              "gainakt3exp trains on concept-level data sets (input_type ['concepts'], one concept "
-                              "per response, as pyKT's assist2015 or statics2011); register the others with --name")
         dpath = Path(entry["dpath"]).expanduser()
         out[key] = {**entry, "dpath": str((dpath if dpath.is_absolute() else path.parent / dpath).resolve()),
                     "registered_from": str(path)}

@@ -23,9 +23,10 @@ import numpy as np
 import torch
 from gainakt3exp.errors import ConfigError, DataError
 from gainakt3exp.files import write_bytes_atomic
-from gainakt3exp.data.registry import dataset_files, dataset_root, lookup
+from gainakt3exp.data.registry import dataset_files, dataset_root, is_question_level, lookup
 
 REQUIRED_COLUMNS = ("fold", "uid", "concepts", "responses", "selectmasks")
+QUESTION_COLUMNS = ("questions", "is_repeat")  # question-level data sets (pyKT input_type "questions")
 SPLITS = ("train", "valid", "test", "test_window")
 _CACHE_VERSION = "v1"
 
@@ -59,6 +60,7 @@ class DatasetSpec:
     test_file: str
     test_window_file: str
     truth_file: str | None
+    num_q: int = 0  # question ids 0..num_q-1 (question-level data, pyKT input_type "questions"); 0 = concepts only
     origin: str = ""  # the registry file that defines the set
     entry: dict = field(default_factory=dict, compare=False)  # its registry entry, as written there
 
@@ -94,7 +96,9 @@ def dataset_spec(dataset: str, data_root: str | Path) -> DatasetSpec:
     spec = DatasetSpec(name=dataset, root=root.resolve(), num_c=int(entry["num_c"]), maxlen=int(entry["maxlen"]),
                        folds=tuple(entry["folds"]), train_valid_file=entry["train_valid_file"],
                        test_file=entry["test_file"], test_window_file=entry["test_window_file"],
-                       truth_file=entry.get("truth_file"), origin=str(known.origin), entry=dict(entry))
+                       truth_file=entry.get("truth_file"),
+                       num_q=int(entry["num_q"]) if is_question_level(entry) else 0,
+                       origin=str(known.origin), entry=dict(entry))
     for name in dataset_files(entry):
         if not (spec.root / name).is_file():
             raise DataError(f"data file {spec.root / name} (dataset {dataset!r}) is missing; {fix}")
@@ -130,6 +134,9 @@ class Sequences:
     truth: Optional[np.ndarray]  # (N, W) float32 true mastery of the practised skill before answering, NaN padded
     source: str  # path of the sequence file
     file_hash: str  # sha256 hex of its bytes
+    questions: Optional[np.ndarray] = None  # (N, W) int64 question ids, -1 padded (question-level data only)
+    is_repeat: Optional[np.ndarray] = None  # (N, W) bool: the step repeats the previous step's answer (another
+    #                                         concept of the same multi-concept question, same response)
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -142,12 +149,13 @@ def cache_dir() -> Path:
 
 
 def read_sequences(path, num_c: int, width: int, folds: Iterable[int] | None = None,
-                   truth_path=None, *, dataset: str | None = None) -> Sequences:
+                   truth_path=None, *, dataset: str | None = None, num_q: int = 0) -> Sequences:
     """Parse (or load from cache) a pyKT sequence file; keep rows whose fold is in `folds` (None = all rows).
+    num_q > 0: a question-level file, whose `questions` and `is_repeat` columns are read and checked too.
 
     Raises DataError naming the file, its 1-based line, what is wrong and what is allowed.
     """
-    arrays, source, file_hash = _load_arrays(path, num_c, width, truth_path, dataset)
+    arrays, source, file_hash = _load_arrays(path, num_c, width, truth_path, dataset, num_q)
     keep = None if folds is None else np.isin(arrays["fold"], np.asarray(list(folds), dtype=np.int64))
     return _to_sequences(arrays, keep, source, file_hash)
 
@@ -174,7 +182,8 @@ def load_split(spec: DatasetSpec, split: str, fold: int, seq_len: int) -> Sequen
     if spec.truth_file:
         candidate = spec.root / truth_file_name(spec.truth_file, name, spec.train_valid_file)
         truth_path = candidate if candidate.is_file() else None
-    arrays, source, file_hash = _load_arrays(spec.root / name, spec.num_c, spec.maxlen, truth_path, spec.name)
+    arrays, source, file_hash = _load_arrays(spec.root / name, spec.num_c, spec.maxlen, truth_path, spec.name,
+                                             spec.num_q)
     keep = {"train": arrays["fold"] != fold, "valid": arrays["fold"] == fold}.get(split)
     seqs = _to_sequences(arrays, keep, source, file_hash)
     if split != "test_window":
@@ -190,14 +199,17 @@ def _to_sequences(arrays: dict, keep: np.ndarray | None, source: str, file_hash:
                      selectmasks=arrays["selectmasks"][sel] == 1,
                      uids=arrays["uid"][sel].astype(np.int64), lengths=arrays["lengths"][sel].astype(np.int64),
                      truth=None if truth is None else truth[sel].astype(np.float32),
-                     source=source, file_hash=file_hash)
+                     source=source, file_hash=file_hash,
+                     questions=arrays["questions"][sel].astype(np.int64) if "questions" in arrays else None,
+                     is_repeat=arrays["is_repeat"][sel] == 1 if "is_repeat" in arrays else None)
 
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _load_arrays(path, num_c: int, width: int, truth_path, dataset: str | None) -> tuple[dict, str, str]:
+def _load_arrays(path, num_c: int, width: int, truth_path, dataset: str | None,
+                 num_q: int = 0) -> tuple[dict, str, str]:
     """All rows of a sequence file (+ truth) as arrays, through the .npz cache keyed by the file hashes."""
     path = Path(path)
     if width < 2:
@@ -208,11 +220,12 @@ def _load_arrays(path, num_c: int, width: int, truth_path, dataset: str | None) 
     except FileNotFoundError as e:
         raise DataError(f"data file {e.filename} does not exist; check data_root and the dataset name") from None
     file_hash = _sha256(data)
-    key = _sha256(f"{_CACHE_VERSION}|{file_hash}|{_sha256(truth_data)}|{width}|{num_c}".encode())
+    questions = f"|q{num_q}" if num_q else ""  # concept-level files keep their cache key
+    key = _sha256(f"{_CACHE_VERSION}|{file_hash}|{_sha256(truth_data)}|{width}|{num_c}{questions}".encode())
     cached = cache_dir() / f"{key}.npz"
     arrays = _read_cache(cached)
     if arrays is None:
-        arrays = _parse_sequence_file(data, str(path), num_c, width, dataset)
+        arrays = _parse_sequence_file(data, str(path), num_c, width, dataset, num_q)
         if truth_path is not None:
             arrays["truth"] = _parse_truth_file(truth_data, str(truth_path), arrays, width)
         _write_cache(cached, arrays)
@@ -228,7 +241,7 @@ def _read_cache(path: Path) -> dict | None:
             arrays = {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
         return None
-    needed = {"fold", "uid", "concepts", "responses", "selectmasks", "lengths"}
+    needed = {"fold", "uid", "concepts", "responses", "selectmasks", "lengths"}  # (+ questions, is_repeat)
     return arrays if needed <= arrays.keys() else None
 
 
@@ -241,7 +254,8 @@ def _write_cache(path: Path, arrays: dict) -> None:
         warnings.warn(f"cannot write the data cache {path} ({e}); set GAKT_CACHE_DIR to a writable folder")
 
 
-def _read_csv(data: bytes, name: str, required: tuple) -> tuple[list[str], list[list[str]], np.ndarray]:
+def _read_csv(data: bytes, name: str, required: tuple,
+              question_level: bool = False) -> tuple[list[str], list[list[str]], np.ndarray]:
     """Header, data rows and their 1-based file line numbers; the header must hold the `required` columns."""
     try:
         text = data.decode("utf-8")
@@ -254,8 +268,12 @@ def _read_csv(data: bytes, name: str, required: tuple) -> tuple[list[str], list[
                         f"{','.join(required)} and one row per window")
     missing = [c for c in required if c not in header]
     if missing:
+        why = (" (the data set is question-level: its entry's input_type holds questions, so its sequence files "
+               "need the questions and is_repeat columns pyKT's split writes; re-import data.txt with gakt-data "
+               "import-pykt, or register the set without questions)") if question_level and \
+            set(missing) & set(QUESTION_COLUMNS) else ""
         raise DataError(f"{name} line 1: missing columns {missing}; expected {list(required)} "
-                        f"(extra columns such as cidxs are fine), found {header}")
+                        f"(extra columns such as cidxs are fine), found {header}{why}")
     records = [(reader.line_num, row) for row in reader if row]  # blank lines carry no row
     if not records:
         raise DataError(f"{name}: the file has a header but no rows; expected one row per window")
@@ -299,9 +317,11 @@ def first_bad_row(bad: np.ndarray) -> int | None:
     return int(np.argmax(rows)) if rows.any() else None
 
 
-def _parse_sequence_file(data: bytes, name: str, num_c: int, width: int, dataset: str | None) -> dict:
-    header, rows, lines = _read_csv(data, name, REQUIRED_COLUMNS)
-    col = {c: [row[header.index(c)] for row in rows] for c in REQUIRED_COLUMNS}
+def _parse_sequence_file(data: bytes, name: str, num_c: int, width: int, dataset: str | None,
+                         num_q: int = 0) -> dict:
+    required = REQUIRED_COLUMNS + (QUESTION_COLUMNS if num_q else ())
+    header, rows, lines = _read_csv(data, name, required, question_level=bool(num_q))
+    col = {c: [row[header.index(c)] for row in rows] for c in required}
     out = {}
     for c in ("fold", "uid"):
         values, counts = parse_lists(col[c], lines, name, c, np.int64)
@@ -310,15 +330,18 @@ def _parse_sequence_file(data: bytes, name: str, num_c: int, width: int, dataset
             raise DataError(f"{name} line {lines[i]}: column {c} must hold one integer, found {col[c][i]!r}")
         out[c] = values
     counts = {}
-    for c in ("concepts", "responses", "selectmasks"):
+    lists = ("concepts", "responses", "selectmasks") + (QUESTION_COLUMNS if num_q else ())
+    for c in lists:
         values, counts[c] = parse_lists(col[c], lines, name, c, np.int64)
         out[c] = values
-    i = first_bad_row((counts["concepts"] != width) | (counts["responses"] != width)
-                       | (counts["selectmasks"] != width))
+    wrong = np.zeros(len(rows), dtype=bool)
+    for c in lists:
+        wrong |= counts[c] != width
+    i = first_bad_row(wrong)
     if i is not None:
-        raise DataError(f"{name} line {lines[i]}: concepts has {counts['concepts'][i]} values, responses "
-                        f"{counts['responses'][i]}, selectmasks {counts['selectmasks'][i]}; each must have "
-                        f"exactly {width} (the maxlen/seq_len of the data set, -1 padded)")
+        found = ", ".join(f"{c} {counts[c][i]}" for c in lists[1:])
+        raise DataError(f"{name} line {lines[i]}: concepts has {counts['concepts'][i]} values, {found}; each must "
+                        f"have exactly {width} (the maxlen/seq_len of the data set, -1 padded)")
     n = len(rows)
     c, r, sm = (out[k].reshape(n, width) for k in ("concepts", "responses", "selectmasks"))
     real = c != -1
@@ -333,14 +356,32 @@ def _parse_sequence_file(data: bytes, name: str, num_c: int, width: int, dataset
         ((sm != -1) & (sm != 0) & (sm != 1), lambda i, j: f"selectmask {sm[i, j]} at step {j}; allowed -1, 0, 1"),
         (~real & (sm == 1), lambda i, j: f"selectmask 1 at padding step {j}; padding must be -1 or 0"),
     ]
+    if num_q:
+        qs, rep = out["questions"].reshape(n, width), out["is_repeat"].reshape(n, width)
+        same = np.zeros_like(real)
+        same[:, 1:] = (qs[:, 1:] == qs[:, :-1]) & (r[:, 1:] == r[:, :-1])
+        checks += [
+            (real & ((qs < 0) | (qs >= num_q)), lambda i, j: f"question id {qs[i, j]} at step {j}; allowed "
+                                                             f"0..{num_q - 1} (num_q = {num_q}{where})"),
+            (~real & (qs != -1), lambda i, j: f"question id {qs[i, j]} at padding step {j}; padding must be -1"),
+            (real & (rep != 0) & (rep != 1), lambda i, j: f"is_repeat {rep[i, j]} at real step {j}; allowed 0 "
+                                                          "(a new answer) or 1 (another concept of the answer before)"),
+            (real & (rep == 1) & ~same & (np.arange(width) > 0), lambda i, j: (
+                f"is_repeat 1 at step {j} but its question or response differs from step {j - 1}'s; a repeated "
+                "step is another concept of the same answer (pyKT's multi-concept expansion)")),
+        ]
     for bad, message in checks:
         i = first_bad_row(bad)
         if i is not None:
             j = int(np.argmax(bad[i]))
             raise DataError(f"{name} line {lines[i]}: {message(i, j)}")
     small = np.int16 if num_c < 2 ** 15 else np.int64
-    return {"fold": out["fold"], "uid": out["uid"], "concepts": c.astype(small), "responses": r.astype(np.int8),
-            "selectmasks": sm.astype(np.int8), "lengths": real.sum(axis=1)}
+    arrays = {"fold": out["fold"], "uid": out["uid"], "concepts": c.astype(small), "responses": r.astype(np.int8),
+              "selectmasks": sm.astype(np.int8), "lengths": real.sum(axis=1)}
+    if num_q:
+        arrays["questions"] = qs.astype(np.int32 if num_q < 2 ** 31 else np.int64)
+        arrays["is_repeat"] = np.where(real, rep, 0).astype(np.int8)
+    return arrays
 
 
 def _parse_truth_file(data: bytes, name: str, arrays: dict, width: int) -> np.ndarray:

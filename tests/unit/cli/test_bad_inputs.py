@@ -205,14 +205,14 @@ def _record(uid, concepts, responses, questions="NA"):
 @pytest.mark.parametrize("text, message", [
     (_record("a", "1,2,1", "1,0,1") + _record("b", "2,2", "0,1")[:-3] + _record("c", "1,1,1", "1,1,1"),
      "data.txt line 12: the usetimes line is present here but NA in the first record, found 'c,3'"),
-    (_record("a", "1,2,1", "1,0,1", questions="q1,q2,q1") * 3,
-     "data.txt line 2: the records hold question ids (question-level data, e.g. pyKT's assist2009 or "
-     "algebra2005); gainakt3exp imports concept-level data only"),
+    (_record("a", "1,2,1", "1,0,1", questions="q1,q2") * 3,
+     "data.txt line 2: questions has 2 values but the header (line 1) says 3"),
     (_record("a", "1_3,2,1", "1,0,1") * 3, "data.txt line 3: concept ids joined by '_' (several concepts per "
-                                            "response: pyKT's multi-concept question-level data)"),
-], ids=["5-line-record", "question-level", "multi-concept"])
-def test_a_data_txt_pykt_cannot_split_at_concept_level_is_refused_naming_the_line(tmp_path, user_registry, text,
-                                                                                  message):
+                                            "response) but the records have no question ids"),
+    (_record("a", "1__3,2,1", "1,0,1", questions="q1,q2,q1") * 3, "data.txt line 3: concept field '1__3' has an "
+                                                                   "empty id"),
+], ids=["5-line-record", "question-count", "multi-concept-without-questions", "empty-concept-id"])
+def test_a_data_txt_pykt_cannot_split_is_refused_naming_the_line(tmp_path, user_registry, text, message):
     (tmp_path / "data.txt").write_text(text)
     result = invoke("data", "import-pykt", "--src", str(tmp_path / "data.txt"), "--out", str(tmp_path / "out"),
                     "--name", "mine")

@@ -391,14 +391,71 @@ def test_a_malformed_data_txt_is_refused_with_file_and_line(tmp_path, text, line
 
 
 @pytest.mark.parametrize("text, line, reason", [
-    (_record("a", ["1", "2", "1"], [1, 0, 1], questions="q1,q2,q1") * 2, 2, "question-level data"),
-    (_record("a", ["1_4", "2", "1"], [1, 0, 1]) * 2, 3, "concept ids joined by '_'"),
+    (_record("a", ["1_4", "2", "1"], [1, 0, 1]) * 2, 3, "concept ids joined by '_' (several concepts per response) "
+                                                       "but the records have no question ids"),
+    (_record("a", ["1_", "2", "1"], [1, 0, 1], questions="q1,q2,q1") * 2, 3, "concept field '1_' has an empty id"),
 ])
-def test_question_level_data_is_refused_saying_what_is_supported(tmp_path, text, line, reason):
+def test_multi_concept_data_needs_question_ids_and_whole_ids(tmp_path, text, line, reason):
     (tmp_path / "data.txt").write_text(text)
     with pytest.raises(DataError) as e:
         import_pykt(tmp_path / "data.txt", tmp_path / "out", name="toy")
-    assert f"line {line}: " in str(e.value) and reason in str(e.value) and "concept-level" in str(e.value)
+    assert f"line {line}: " in str(e.value) and reason in str(e.value), str(e.value)
+    assert not (tmp_path / "out").exists()
+
+
+QUESTION_TXT = "".join(_record(f"u{i}", ["7_9", "9", "15", "7_15", "9"], [1, 0, 1, 1, i % 2],
+                               questions="q1,q2,q3,q4,q2") for i in range(10))
+
+
+def test_question_level_data_txt_is_expanded_numbered_and_split_as_pykt_does(tmp_path):
+    summary = import_pykt_file(tmp_path, QUESTION_TXT)
+    assert (summary["num_q"], summary["num_c"], summary["max_concepts"], summary["expanded_steps"]) == (4, 3, 2, 70)
+    ids = json.loads((tmp_path / "out" / "keyid2idx.json").read_text())
+    assert list(ids) == ["questions", "concepts", "uid", "max_concepts"]
+    assert ids["questions"] == {"q1": 0, "q2": 1, "q3": 2, "q4": 3} and ids["concepts"] == {"7": 0, "9": 1, "15": 2}
+    assert ids["max_concepts"] == 2
+    header, *rows = (tmp_path / "out" / "train_valid.csv").read_text().splitlines()
+    assert header == "fold,uid,questions,concepts,responses,is_repeat"
+    # 7_9 -> two steps of question q1 (concepts 7, 9), is_repeat 0 then 1, the answer's response on both
+    assert rows[0].split(",", 2)[2] == '"0,0,1,2,3,3,1","0,1,1,2,0,2,1","1,1,0,1,1,1,{r}","0,1,0,0,0,1,0"'.format(
+        r=rows[0].split('"')[5][-1])
+    seq_header = (tmp_path / "out" / "train_valid_sequences.csv").read_text().splitlines()[0]
+    assert seq_header == "fold,uid,questions,concepts,responses,selectmasks,is_repeat"
+    for name in ("test_sequences.csv", "test_window_sequences.csv"):
+        assert (tmp_path / "out" / name).read_text().splitlines()[0] == \
+            "fold,uid,questions,concepts,responses,selectmasks,is_repeat,cidxs"
+    entry = json.loads((tmp_path / "out" / "data_config.json").read_text())["toy"]
+    assert (entry["num_q"], entry["input_type"], entry["max_concepts"]) == (4, ["questions", "concepts"], 2)
+    assert entry["test_question_window_file"] == "test_question_window_sequences.csv"
+
+
+def import_pykt_file(tmp_path, text, **kwargs):
+    (tmp_path / "data.txt").write_text(text)
+    return import_pykt(tmp_path / "data.txt", tmp_path / "out", name="toy", **kwargs)
+
+
+def test_question_rows_predict_each_concept_from_a_history_without_its_answer(tmp_path):
+    """pyKT's documented example (quick start, generate_question_sequences): questions 3, 4, 5 tagged 1_3, 1_2, 3,
+    responses 1, 0, 1 give three rows; every concept of the first answer is history only."""
+    from gainakt3exp.data.layout import write_question_file
+
+    test = {"uid": np.array([0]), "lengths": np.array([5]), "questions": np.array([3, 3, 4, 4, 5]),
+            "concepts": np.array([1, 3, 1, 2, 3]), "responses": np.array([1, 1, 0, 0, 1]),
+            "is_repeat": np.array([0, 1, 0, 1, 0])}
+    summary = write_question_file(tmp_path / "q.csv", test, maxlen=6, min_seq_len=3, extra=(), sliding=True)
+    header, *rows = (tmp_path / "q.csv").read_text().splitlines()
+    assert header == "fold,uid,questions,concepts,responses,selectmasks,is_repeat,qidxs,rest,orirow"
+    cells = [[c.split(",") for c in row.split('"')[1::2]] for row in rows]
+    assert [c[0] for c in cells] == [["3", "3", "4", "-1", "-1", "-1"], ["3", "3", "4", "-1", "-1", "-1"],
+                                     ["3", "3", "4", "4", "5", "-1"]]
+    assert [c[1][:3] for c in cells] == [["1", "3", "1"], ["1", "3", "2"], ["1", "3", "1"]]
+    assert [c[3] for c in cells] == [["-1", "-1", "1", "-1", "-1", "-1"], ["-1", "-1", "1", "-1", "-1", "-1"],
+                                     ["-1", "-1", "-1", "-1", "1", "-1"]]
+    assert [c[5][:5] for c in cells] == [["0", "0", "1", "-1", "-1"], ["0", "0", "1", "-1", "-1"],
+                                         ["0", "0", "1", "1", "2"]]
+    assert [c[6][:5] for c in cells] == [["1", "0", "1", "-1", "-1"], ["1", "0", "0", "-1", "-1"],
+                                         ["1", "0", "1", "0", "0"]]
+    assert summary == {"rows": 3, "students": 1, "interactions": 3}
 
 
 def test_import_pykt_registers_the_set_and_refuses_a_taken_name_first(tmp_path, user_registry):

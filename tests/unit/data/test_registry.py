@@ -56,10 +56,22 @@ def test_register_from_a_pykt_config_resolves_dpath_against_its_folder(pykt_home
     assert resolve_params({"dataset": "pykt_toy", "fold": 4}).params["dataset"] == "pykt_toy"
 
 
-def test_register_every_concept_level_set_refuses_question_level_ones(pykt_home, user_registry):
+def test_register_takes_concept_level_and_question_level_sets(pykt_home, user_registry):
     result = invoke("data", "register", "--pykt-config", str(pykt_home / "configs" / "data_config.json"))
-    assert result.exit_code == 2
-    assert "'algebra2005' of" in result.output and "is question-level" in result.output
+    assert result.exit_code == 0, result.output
+    entries = json.loads(user_registry.read_text())
+    assert set(entries) == {"toy", "gone", "algebra2005"}
+    assert entries["algebra2005"]["num_q"] == 173113 and registry.is_question_level(entries["algebra2005"])
+    assert not registry.is_question_level(entries["toy"])
+
+
+@pytest.mark.parametrize("num_q", [0, "17", None])
+def test_a_question_level_entry_without_a_question_count_is_refused(pykt_home, user_registry, num_q):
+    config = json.loads((pykt_home / "configs" / "data_config.json").read_text())
+    config["algebra2005"]["num_q"] = num_q
+    (pykt_home / "configs" / "data_config.json").write_text(json.dumps(config))
+    result = invoke("data", "register", "--pykt-config", str(pykt_home / "configs" / "data_config.json"))
+    assert result.exit_code == 2 and f"num_q={num_q!r}" in result.output and "num_q an integer >= 1" in result.output
     assert not user_registry.exists()  # nothing registered when one entry is refused
 
 

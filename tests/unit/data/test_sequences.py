@@ -115,6 +115,48 @@ def test_malformed_file_names_file_line_and_reason(tmp_path, rows, header, line,
     assert "bad_file.csv" in msg and f"line {line}:" in msg and reason in msg, msg
 
 
+QHEADER = "fold,uid,questions,concepts,responses,selectmasks,is_repeat"
+
+
+def _qrow(questions, concepts, responses, is_repeat, fold=0, uid=1):
+    lists = (questions, concepts, responses, [1 if c != -1 else -1 for c in concepts], is_repeat)
+    return f"{fold},{uid}," + ",".join('"' + ",".join(map(str, x)) + '"' for x in lists)
+
+
+QGOOD = _qrow([4, 4, 2], [0, 1, 1], [1, 1, 0], [0, 1, 0])
+
+
+def test_a_question_level_file_gives_questions_and_repeats(tmp_path):
+    path = _write(tmp_path / "q.csv", [QGOOD, _qrow([3, 0, -1], [2, 2, -1], [0, 1, -1], [0, 0, -1])],
+                  header=QHEADER)
+    seqs = data.read_sequences(path, num_c=5, width=3, num_q=5, dataset="toy")
+    assert seqs.questions.tolist() == [[4, 4, 2], [3, 0, -1]]
+    assert seqs.is_repeat.tolist() == [[False, True, False], [False, False, False]]
+    concept_level = data.read_sequences(path, num_c=5, width=3, dataset="toy")  # the same file, concepts only
+    assert concept_level.questions is None and concept_level.is_repeat is None
+    assert concept_level.concepts.tolist() == seqs.concepts.tolist()
+
+
+@pytest.mark.parametrize("rows, header, line, reason", [
+    ([GOOD], HEADER, 1, "missing columns ['questions', 'is_repeat']; expected ['fold', 'uid', 'concepts', "
+                        "'responses', 'selectmasks', 'questions', 'is_repeat']"),
+    ([QGOOD, _qrow([4, 5, 2], [0, 1, 1], [1, 1, 0], [0, 0, 0])], QHEADER, 3,
+     "question id 5 at step 1; allowed 0..4 (num_q = 5 of dataset 'toy')"),
+    ([_qrow([4, 3, 2], [0, 1, 1], [1, 1, 0], [0, 1, 0])], QHEADER, 2,
+     "is_repeat 1 at step 1 but its question or response differs from step 0's"),
+    ([_qrow([4, 4, 2], [0, 1, 1], [1, 0, 0], [0, 1, 0])], QHEADER, 2,
+     "is_repeat 1 at step 1 but its question or response differs from step 0's"),
+    ([_qrow([4, 4, 7], [0, 1, -1], [1, 1, -1], [0, 1, -1])], QHEADER, 2, "question id 7 at padding step 2"),
+    ([QGOOD.replace('"0,1,1"', '"0,3_x,1"')], QHEADER, 2, "column concepts holds a non-numeric"),
+])
+def test_a_malformed_question_level_file_names_file_line_and_reason(tmp_path, rows, header, line, reason):
+    path = _write(tmp_path / "bad_file.csv", rows, header=header)
+    with pytest.raises(DataError) as e:
+        data.read_sequences(path, num_c=5, width=3, num_q=5, dataset="toy")
+    msg = str(e.value)
+    assert "bad_file.csv" in msg and f"line {line}:" in msg and reason in msg, msg
+
+
 def test_concept_out_of_range_message_names_num_c_and_dataset(tmp_path):
     path = _write(tmp_path / "bad_file.csv", [_row(0, 2, [0, 5, -1], [1, 0, -1], [1, 1, -1])])
     with pytest.raises(DataError, match=r"num_c = 5 of dataset 'toy'"):
