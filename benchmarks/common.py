@@ -251,7 +251,7 @@ def build_training(params: dict) -> Training:
     start = time.perf_counter()
     data = train.load_train_data(params)
     load_seconds = time.perf_counter() - start
-    model = GainAKT3Exp.from_params(params, data.spec.num_c).to(device)
+    model = GainAKT3Exp.from_params(params, data.spec.num_c, data.spec.num_q).to(device)
     return Training(device, runtime, data, model, train.build_optimizer(model, params), Objective(params),
                     load_seconds)
 

@@ -51,7 +51,7 @@ def main(argv=None) -> None:
     spec = data_mod.dataset_spec(p["dataset"], resolve_data_root(p["data_root"]))
     with Timer() as load_t:
         seqs = data_mod.load_split(spec, args.split, p["fold"], p["seq_len"])
-    model = GainAKT3Exp.from_params(p, spec.num_c).to(device)
+    model = GainAKT3Exp.from_params(p, spec.num_c, spec.num_q).to(device)
     if args.checkpoint:
         from gainakt3exp.loops.checkpoint import load_checkpoint
 

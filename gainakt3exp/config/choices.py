@@ -19,6 +19,7 @@ OPTIMIZERS = ("Adam", "AdamW")
 MASTERY_IN_PREDICTION = ("none", "logit", "logit_skill_free")
 GAIN_SCOPES = ("all_skills", "practised_skill")
 MASTERY_LINKS = ("clamp", "logistic")
+QUESTION_EMBEDDINGS = ("none", "rasch")
 
 #: The lag-gain reward's per-lag weights: lags 1..len(LAG_WEIGHT_KEYS); lag_max_lag may not exceed it.
 LAG_WEIGHT_KEYS = ("lag_l1_weight", "lag_l2_weight", "lag_l3_weight")
@@ -39,6 +40,8 @@ CHOICES: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "mastery_in_prediction": (MASTERY_IN_PREDICTION, {}),
     "gain_scope": (GAIN_SCOPES, {}),
     "mastery_link": (MASTERY_LINKS, {}),
+    "question_embedding": (QUESTION_EMBEDDINGS, {"none": "concepts only",
+                                                 "rasch": "AKT's question difficulty times a concept variation"}),
 }
 
 #: Which heads each constraint of the objective reads (a weight > 0 without its head is refused).

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from gainakt3exp.config.choices import LAG_WEIGHT_KEYS, format_value, rule_problems
-from gainakt3exp.data.registry import known_sets, known_summary, lookup
+from gainakt3exp.data.registry import is_question_level, known_sets, known_summary, lookup
 from gainakt3exp.errors import ConfigError
 from gainakt3exp.paths import CONFIG_DIR
 
@@ -217,7 +217,7 @@ _NON_NEGATIVE = [
     "sparsity_loss_weight", "consistency_loss_weight", "gain_performance_margin", "warmup_constraint_epochs",
     "alignment_weight", "alignment_warmup_epochs", "alignment_share_cap", "retention_delta", "retention_weight",
     "lag_gain_weight", *LAG_WEIGHT_KEYS, "consistency_rebalance_new_weight",
-    "variance_floor",
+    "variance_floor", "question_difficulty_l2",
 ]
 _POSITIVE = [
     "epochs", "batch_size", "learning_rate", "patience", "d_model", "n_heads", "num_encoder_blocks", "d_ff",
@@ -273,6 +273,10 @@ def _check_dataset(p: Mapping[str, Any]) -> list[str]:
         return [f"dataset={p['dataset']!r}: unknown; known datasets: {known_summary(known)}; see gakt-data list"]
     entry = lookup(p["dataset"]).entry
     problems = []
+    if p["question_embedding"] == "rasch" and not is_question_level(entry):
+        problems.append(f"question_embedding=rasch needs question ids, but data set {p['dataset']!r} is "
+                        f"concept-level (input_type {entry.get('input_type', ['concepts'])}): set "
+                        "question_embedding none or use a question-level data set")
     if p["fold"] not in entry["folds"]:
         problems.append(f"fold={p['fold']}: {p['dataset']} has folds {entry['folds']}")
     if p["seq_len"] != entry["maxlen"]:

@@ -26,6 +26,9 @@ from gainakt3exp.files import write_bytes_atomic
 from gainakt3exp.data.registry import dataset_files, dataset_root, is_question_level, lookup
 
 REQUIRED_COLUMNS = ("fold", "uid", "concepts", "responses", "selectmasks")
+#: The input response of a step whose answer continues at the next step (another concept of the same question):
+#: the model sees that the step happened, not how it was answered, until the answer's last concept.
+HIDDEN = 2
 QUESTION_COLUMNS = ("questions", "is_repeat")  # question-level data sets (pyKT input_type "questions")
 SPLITS = ("train", "valid", "test", "test_window")
 _CACHE_VERSION = "v1"
@@ -36,13 +39,16 @@ class Batch:
     """One batch of windows, trimmed to its longest window. All tensors are (B, L), L <= seq_len - 1."""
 
     c: torch.Tensor  # current concept c_t, long; padding replaced by 0
-    r: torch.Tensor  # current response r_t, long; padding replaced by 0
+    r: torch.Tensor  # current response r_t, long; padding replaced by 0; HIDDEN where step t+1 is another concept
+    #                  of the same answer (question-level data), so no prediction sees its own answer's response
     q: torch.Tensor  # query concept c_{t+1}, long; padding replaced by 0
     y: torch.Tensor  # label r_{t+1}, float; padding 0
     mask: torch.Tensor  # mu_t = (c_t != -1) & (c_{t+1} != -1), bool
     score: torch.Tensor  # positions that count in AUC/accuracy: mask & selectmask_{t+1} (window test), bool
     rows: torch.Tensor  # (B,) long, row index of each window in its Sequences
     truth: Optional[torch.Tensor] = None  # true mastery of q before answering (synthetic data only), float, NaN = none
+    question: Optional[torch.Tensor] = None  # question of step t, long, padding 0 (question-level data only)
+    next_question: Optional[torch.Tensor] = None  # question of step t+1, long, padding 0 (question-level data only)
 
 
 # ----------------------------------------------------------------------------------------------- registry
@@ -414,17 +420,25 @@ def make_batch(seqs: Sequences, rows, device) -> Batch:
 
     c_t = concepts[:, t], q_t = concepts[:, t+1], r_t, y_t = responses[:, t+1];
     mask mu_t = (c_t != -1) & (c_{t+1} != -1); score = mu_t & selectmask_{t+1}; truth_t = truth[:, t+1].
-    The rows' concepts, responses and selectmasks travel to the device as one tensor (pinned and non-blocking on
-    a GPU) and the fields are derived there.
+    Question-level data (pyKT's multi-concept expansion): a question with k concepts is k steps with one response;
+    r_t is HIDDEN when step t+1 repeats step t's answer (is_repeat_{t+1} and the same question), so the prediction
+    of every concept of an answer, and every mastery and gain it reads, sees none of that answer's response (no
+    label leakage); the answer's last step carries its response for later answers.
+    The rows' arrays travel to the device as one tensor (pinned and non-blocking on a GPU) and the fields are
+    derived there.
     """
     idx = np.asarray(rows.cpu() if isinstance(rows, torch.Tensor) else rows, dtype=np.int64)
     assert idx.ndim == 1 and idx.size > 0, "make_batch needs a non-empty 1-d array of row indices"
     width = seqs.concepts.shape[1]
     L = min(max(int(seqs.lengths[idx].max()) - 1, 1), width - 1)
-    packed = np.empty((3, idx.size, L + 1), dtype=np.int64)  # concepts, responses, selectmasks (B, L+1)
+    questions = seqs.questions is not None
+    packed = np.empty((5 if questions else 3, idx.size, L + 1), dtype=np.int64)  # (fields, B, L+1)
     packed[0] = seqs.concepts[idx, : L + 1]
     packed[1] = seqs.responses[idx, : L + 1]
     packed[2] = seqs.selectmasks[idx, : L + 1]
+    if questions:
+        packed[3] = seqs.questions[idx, : L + 1]
+        packed[4] = seqs.is_repeat[idx, : L + 1]
     host = torch.from_numpy(packed)
     truth = None if seqs.truth is None else torch.from_numpy(np.ascontiguousarray(seqs.truth[idx, 1 : L + 1]))
     dev = torch.device(device)
@@ -434,8 +448,24 @@ def make_batch(seqs: Sequences, rows, device) -> Batch:
     cc, rr, sm = host[0], host[1], host[2]
     c, q = cc[:, :L], cc[:, 1:]
     mask = (c != -1) & (q != -1)
-    return Batch(c=c.clamp(min=0), r=rr[:, :L].clamp(min=0), q=q.clamp(min=0), y=rr[:, 1:].clamp(min=0).float(),
-                 mask=mask, score=mask & (sm[:, 1:] != 0), rows=torch.from_numpy(idx).to(dev), truth=truth)
+    r = rr[:, :L].clamp(min=0)
+    question = next_question = None
+    if questions:
+        qs, rep = host[3], host[4]
+        continues = (rep[:, 1:] == 1) & (qs[:, 1:] == qs[:, :-1])  # step t+1 is step t's answer again
+        r = torch.where(continues, HIDDEN, r)
+        question, next_question = qs[:, :L].clamp(min=0), qs[:, 1:].clamp(min=0)
+    return Batch(c=c.clamp(min=0), r=r, q=q.clamp(min=0), y=rr[:, 1:].clamp(min=0).float(),
+                 mask=mask, score=mask & (sm[:, 1:] != 0), rows=torch.from_numpy(idx).to(dev), truth=truth,
+                 question=question, next_question=next_question)
+
+
+def question_inputs(batch: Batch) -> dict:
+    """The model's question keywords for a batch: none for concept-level data (a model without questions is
+    called as before), question and next_question for question-level data."""
+    if batch.question is None:
+        return {}
+    return {"question": batch.question, "next_question": batch.next_question}
 
 
 def iterate_batches(seqs: Sequences, batch_size: int, *, shuffle: bool, generator: torch.Generator | None,

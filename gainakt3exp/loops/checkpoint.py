@@ -12,7 +12,8 @@ def checkpoint_bytes(model, params: dict, num_c: int, epoch: int, val_auc: float
     """A real copy of the weights (not a reference to live tensors) with what is needed to rebuild the model."""
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     buffer = io.BytesIO()
-    torch.save({"state_dict": state, "params": dict(params), "num_c": num_c, "epoch": epoch,
+    num_q = {"num_q": model.num_q} if getattr(model, "num_q", 0) else {}  # question-level data only
+    torch.save({"state_dict": state, "params": dict(params), "num_c": num_c, **num_q, "epoch": epoch,
                 "val_auc": float(val_auc)}, buffer)
     return buffer.getvalue()
 

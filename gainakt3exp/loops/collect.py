@@ -67,7 +67,8 @@ def collect_outputs(model: torch.nn.Module, seqs: Any, rows: np.ndarray, batch_s
         with torch.no_grad():
             for start in range(0, rows.size, batch_size):
                 b = data.make_batch(seqs, rows[order[start:start + batch_size]], device)
-                o = model(b.c, b.r, b.q, logits=logits, interpretation=interpretation, reduced=not per_skill)
+                o = model(b.c, b.r, b.q, **data.question_inputs(b), logits=logits, interpretation=interpretation,
+                          reduced=not per_skill)
                 keep = {"rows": b.rows, "mask": b.mask, "score": b.score, "y": b.y.float()}
                 if o.logits is not None:
                     keep["logits"] = o.logits.float()

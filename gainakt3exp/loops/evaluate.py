@@ -30,7 +30,7 @@ def evaluate_model(params: dict, checkpoint: dict, *, max_correlation_students: 
 
     device = resolve_device(device_name)
     spec = data_mod.dataset_spec(params["dataset"], resolve_data_root(params["data_root"]))
-    model = GainAKT3Exp.from_params(params, checkpoint["num_c"]).to(device)
+    model = GainAKT3Exp.from_params(params, checkpoint["num_c"], checkpoint.get("num_q", 0)).to(device)
     model.load_state_dict(checkpoint["state_dict"])
     model.eval()
     results: dict = {"checkpoint_epoch": checkpoint["epoch"], "checkpoint_val_auc": checkpoint["val_auc"]}

@@ -119,7 +119,7 @@ def train_model(
     runtime = seed_everything(params, device)
     data = data or load_train_data(params)
     num_c = data.spec.num_c
-    model = GainAKT3Exp.from_params(params, num_c).to(device)
+    model = GainAKT3Exp.from_params(params, num_c, data.spec.num_q).to(device)
     optimizer = build_optimizer(model, params)
     step_lr = build_scheduler(optimizer, params)
     objective = Objective(params)
@@ -238,7 +238,7 @@ def _train_epoch(model, objective, optimizer, seqs, params, device, generator, s
     for batch in data_mod.iterate_batches(seqs, params["batch_size"], shuffle=True, generator=generator,
                                           device=device):
         with _autocast(params, device):
-            out = model(batch.c, batch.r, batch.q, reduced=True)
+            out = model(batch.c, batch.r, batch.q, **data_mod.question_inputs(batch), reduced=True)
             total, parts = objective(out, batch)
         optimizer.zero_grad(set_to_none=True)
         total.backward()

@@ -42,6 +42,7 @@ MODEL_PARAM_KEYS = (
     "emb_type",
     "attention_bias",
     "query_embedding",
+    "question_embedding",
     "use_mastery_head",
     "use_gain_head",
     "mastery_gain_scale",
@@ -67,6 +68,7 @@ class ModelOutput(NamedTuple):
     mastery: Optional[torch.Tensor]  # m_t per skill in [0, 1] (B, L, C)
     gains: Optional[torch.Tensor]  # g_t per skill, >= 0 (B, L, C)
     steps: Optional[StepValues] = None  # per-step reductions (reduced=True): what the objective reads
+    difficulty: Optional[torch.Tensor] = None  # mu_q of each step's question (B, L), question_embedding rasch
 
 
 class _Dropout(nn.Module):
@@ -173,14 +175,22 @@ class GainAKT3Exp(nn.Module):
         gain_head_init_scale: float,
         mastery_head_init_scale: float,
         shared_gain: bool,
+        question_embedding: str,
+        num_q: int = 0,
     ):
+        """num_c and num_q (question ids; 0 = concepts only) come from the data set, every other argument from the
+        run parameters (from_params). With questions a step's response can be HIDDEN (sequences.make_batch), so the
+        interaction vocabulary has three responses."""
         super().__init__()
         problems = _architecture_problems(num_c, seq_len, d_model, n_heads, num_encoder_blocks, d_ff, dropout)
         problems += rule_problems({
             "emb_type": emb_type, "attention_bias": attention_bias, "query_embedding": query_embedding,
             "mastery_in_prediction": mastery_in_prediction, "use_mastery_head": use_mastery_head,
             "use_gain_head": use_gain_head, "gain_scope": gain_scope, "mastery_link": mastery_link,
-            "shared_gain": shared_gain})
+            "shared_gain": shared_gain, "question_embedding": question_embedding})
+        if question_embedding == "rasch" and num_q < 1:
+            problems.append("question_embedding=rasch needs question ids, but the data set has none (num_q 0): set "
+                            "question_embedding none or use a question-level data set")
         if problems:
             raise ConfigError("invalid model configuration: " + "; ".join(problems))
         self.mastery_in_prediction = mastery_in_prediction
@@ -192,14 +202,16 @@ class GainAKT3Exp(nn.Module):
         self.mastery_gain_scale = float(mastery_gain_scale)
 
         self.emb_type = emb_type
-        tokens = 2 * num_c if emb_type == "qid" else num_c  # interaction tokens, or concepts
+        self.num_q = num_q
+        responses = 3 if num_q else 2  # 0, 1, and HIDDEN where the data has multi-concept questions
+        tokens = responses * num_c if emb_type == "qid" else num_c  # interaction tokens, or concepts
         self.context_emb = nn.Embedding(tokens, d_model)  # -> H_0
         self.value_emb = nn.Embedding(tokens, d_model)  # -> V_0
         self.concept_emb = nn.Embedding(num_c, d_model)  # query concept c_{t+1}
         self.pos_emb = nn.Embedding(seq_len, d_model)  # added to both streams
         if emb_type == "concept_plus_response":  # made after the seed's modules: qid draws the same initial weights
-            self.context_response_emb = nn.Embedding(2, d_model)
-            self.value_response_emb = nn.Embedding(2, d_model)
+            self.context_response_emb = nn.Embedding(responses, d_model)
+            self.value_response_emb = nn.Embedding(responses, d_model)
 
         if query_embedding != "own":  # tying draws no random numbers: every other weight starts as without it
             self.concept_emb.weight = getattr(self, f"{query_embedding}_emb").weight
@@ -231,21 +243,32 @@ class GainAKT3Exp(nn.Module):
             with torch.no_grad():
                 self.shared_gain_head.weight.mul_(gain_head_init_scale)
                 self.shared_gain_head.bias.mul_(gain_head_init_scale)
+        # question_embedding rasch (AKT): e(c, r) + mu_q (d_c + f_r) for a step, e(c) + mu_q d_c for the query;
+        # made last, so every other weight starts as without it; the difficulties mu start at 0, as in AKT
+        self.question_difficulty = self.concept_variation = self.response_variation = None
+        if question_embedding == "rasch":
+            self.question_difficulty = nn.Embedding(num_q, 1)
+            nn.init.zeros_(self.question_difficulty.weight)
+            self.concept_variation = nn.Embedding(num_c, d_model)
+            self.response_variation = nn.Embedding(responses, d_model)
 
     @classmethod
-    def from_params(cls, params: dict, num_c: int) -> "GainAKT3Exp":
-        """Build the model from the run parameter dict (only MODEL_PARAM_KEYS are read) and the data set's num_c."""
+    def from_params(cls, params: dict, num_c: int, num_q: int = 0) -> "GainAKT3Exp":
+        """Build the model from the run parameter dict (only MODEL_PARAM_KEYS are read) and the data set's num_c
+        and num_q (question ids; 0 for a concept-level data set)."""
         missing = [k for k in MODEL_PARAM_KEYS if k not in params]
         if missing:
             raise ConfigError(
                 f"model parameters missing: {', '.join(missing)}; "
                 "fix: start from configs/parameter_default.json, which defines every key"
             )
-        return cls(num_c=num_c, **{k: params[k] for k in MODEL_PARAM_KEYS})
+        return cls(num_c=num_c, num_q=num_q, **{k: params[k] for k in MODEL_PARAM_KEYS})
 
-    def forward(self, c: torch.Tensor, r: torch.Tensor, q: torch.Tensor, *, logits: bool = True,
-                interpretation: bool = True, reduced: bool = False) -> ModelOutput:
-        """c, r, q: (B, L) long (current concept, current response, next concept; padding already 0).
+    def forward(self, c: torch.Tensor, r: torch.Tensor, q: torch.Tensor, *, question: Optional[torch.Tensor] = None,
+                next_question: Optional[torch.Tensor] = None, logits: bool = True, interpretation: bool = True,
+                reduced: bool = False) -> ModelOutput:
+        """c, r, q: (B, L) long (current concept, current response, next concept; padding already 0); question,
+        next_question: (B, L) long question ids of steps t and t+1 (read by question_embedding rasch only).
 
         logits=False / interpretation=False leave out the prediction / the mastery and gain heads (their
         fields are None) and whatever only they need: without logits, the last block's FFN runs for the steps
@@ -258,6 +281,16 @@ class GainAKT3Exp(nn.Module):
         (cumulative.cumulative_steps). Without the gain head the per-step mastery is returned too (monotonicity
         reads it).
         """
+        rasch = None
+        if self.question_difficulty is not None:
+            if question is None or next_question is None:
+                raise ConfigError("question_embedding rasch needs each step's question id, and this batch has none; "
+                                  "fix: use a question-level data set (its sequence files have a questions column)")
+            rasch = (self.question_difficulty(question).squeeze(-1), self.question_difficulty(next_question).squeeze(-1))
+        out = self._forward(c, r, q, rasch, logits, interpretation, reduced)
+        return out if rasch is None else out._replace(difficulty=rasch[0])
+
+    def _forward(self, c, r, q, rasch, logits: bool, interpretation: bool, reduced: bool) -> ModelOutput:
         assert c.shape == r.shape == q.shape and c.dim() == 2, (c.shape, r.shape, q.shape)
         l = c.shape[1]
         if l > self.seq_len:
@@ -272,6 +305,9 @@ class GainAKT3Exp(nn.Module):
         else:  # concept_plus_response
             h = self.context_emb(c) + self.context_response_emb(r) + pos
             v = self.value_emb(c) + self.value_response_emb(r) + pos
+        if rasch is not None:  # mu_q (d_c + f_r), AKT's interaction embedding
+            shift = rasch[0].unsqueeze(-1) * (self.concept_variation(c) + self.response_variation(r))
+            h, v = h + shift, v + shift
 
         gain_head = self.gain_head if interpretation else None
         mastery_head = self.mastery_head if interpretation else None
@@ -282,7 +318,7 @@ class GainAKT3Exp(nn.Module):
         for i, block in enumerate(self.blocks):
             h, v = block(h, v, last_h_steps if i == len(self.blocks) - 1 else None, bias)
 
-        z = self._predict(h, v, q) if logits else None  # z (B, L)
+        z = self._predict(h, v, q, None if rasch is None else rasch[1]) if logits else None  # z (B, L)
         reads_mastery = logits and self.mastery_in_prediction != "none"
         if reduced or (reads_mastery and mastery_head is None):  # a prediction pass still needs m_t[q_t]
             out = self._reduced(z, h, v, c, q, self.gain_head, self.mastery_head)
@@ -375,8 +411,10 @@ class GainAKT3Exp(nn.Module):
             return ModelOutput(logits=z, mastery=mastery, gains=None, steps=steps_from_full(mastery, None, c, q))
         return ModelOutput(logits=z, mastery=None, gains=None, steps=None)
 
-    def _predict(self, h: torch.Tensor, v: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        """z = head([h, v, concept_emb(q)]), with the head's first layer split by input.
+    def _predict(self, h: torch.Tensor, v: torch.Tensor, q: torch.Tensor,
+                 mu_next: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """z = head([h, v, concept_emb(q)]), with the head's first layer split by input; with question_embedding
+        rasch the query is concept_emb(q) + mu_next * concept_variation(q) (mu_next: the next question's difficulty).
 
         W [h; v; e_q] + b = W_hv [h; v] + (W_e e_q + b): the concept part depends on q alone, so it is computed
         once per concept as a (C, d_ff) table and looked up, instead of a (B*L, D) x (D, d_ff) product per step.
@@ -391,12 +429,18 @@ class GainAKT3Exp(nn.Module):
             hv = torch.cat([h, v], dim=-1).reshape(b * l, 2 * d)
             hidden = torch.addmm(first.bias, hv, w[:, : 2 * d].t())  # (B*L, d_ff)
         elif b * l < self.num_c:
-            features = torch.cat([h, v, self.concept_emb(q)], dim=-1).reshape(b * l, 3 * d)
+            query = self.concept_emb(q)
+            if mu_next is not None:
+                query = query + mu_next.unsqueeze(-1) * self.concept_variation(q)
+            features = torch.cat([h, v, query], dim=-1).reshape(b * l, 3 * d)
             hidden = torch.addmm(first.bias, features, w.t())  # (B*L, d_ff)
         else:
             table = torch.addmm(first.bias, self.concept_emb.weight, w[:, 2 * d:].t())  # (C, d_ff)
             hv = torch.cat([h, v], dim=-1).reshape(b * l, 2 * d)
             hidden = torch.addmm(F.embedding(q.reshape(-1), table), hv, w[:, : 2 * d].t())  # (B*L, d_ff)
+            if mu_next is not None:  # + mu W_e d_q, looked up from a (C, d_ff) table as the concept part is
+                variation = self.concept_variation.weight @ w[:, 2 * d:].t()
+                hidden = hidden + mu_next.reshape(-1, 1) * F.embedding(q.reshape(-1), variation)
         return last(dropout(relu(hidden))).view(b, l).float()
 
 

@@ -158,6 +158,10 @@ class Objective:
         parts["retention"] = ret.detach()
 
         total = bce + constraint_total + align + lag + ret
+        if out.difficulty is not None:  # question_embedding rasch: AKT's L2 on the difficulties of the scored steps
+            penalty = p["question_difficulty_l2"] * (out.difficulty.square() * mask).sum()
+            parts["question_difficulty"] = penalty.detach()
+            total = total + penalty
         parts["total"] = total.detach()
         return total, parts
 

@@ -17,6 +17,7 @@ OBJECTIVE_PARAM_KEYS = (
     "enable_lag_gain_loss", "lag_gain_weight", "lag_max_lag", *LAG_WEIGHT_KEYS,
     "consistency_rebalance_epoch", "consistency_rebalance_threshold", "consistency_rebalance_new_weight",
     "variance_floor", "variance_floor_patience", "variance_floor_reduce_factor", "gain_scope",
+    "question_difficulty_l2",
 )
 
 

@@ -20,7 +20,7 @@ from gainakt3exp.errors import ConfigError
 def test_defaults_file_md5_matches_its_defaults():
     raw = json.loads((CONFIG_DIR / "parameter_default.json").read_text())
     assert raw["md5"] == defaults_md5(raw["defaults"])
-    assert len(raw["defaults"]) == 75
+    assert len(raw["defaults"]) == 77
 
 
 def test_defaults_match_the_spec_values_that_the_original_docs_got_wrong():
@@ -198,3 +198,11 @@ def test_a_shared_gain_needs_the_gain_head_and_the_mastery_init_scale_must_be_po
         resolve_params({"mastery_head_init_scale": 0.0})
     p = resolve_params({"shared_gain": True, "mastery_head_init_scale": 0.01}).params
     assert p["shared_gain"] is True and p["mastery_head_init_scale"] == 0.01
+
+
+def test_rasch_question_embedding_on_a_concept_level_data_set_is_refused():
+    with pytest.raises(ConfigError, match=r"question_embedding=rasch needs question ids, but data set 'synthetic' is "
+                                          r"concept-level \(input_type \['concepts'\]\): set question_embedding none"):
+        resolve_params({"dataset": "synthetic", "question_embedding": "rasch"})
+    with pytest.raises(ConfigError, match="question_embedding='akt': must be none"):
+        resolve_params({"question_embedding": "akt"})

@@ -266,7 +266,8 @@ def _real_model_and_seqs(seed: int, mastery_gain_scale: float):
     model = GainAKT3Exp(num_c=C, seq_len=12, d_model=16, n_heads=2, num_encoder_blocks=2, d_ff=24, dropout=0.1,
                         emb_type="qid", attention_bias="none", query_embedding="own", use_mastery_head=True,
                         use_gain_head=True, mastery_gain_scale=mastery_gain_scale, gain_scope="all_skills", mastery_link="clamp",
-                        mastery_in_prediction="none", gain_head_init_scale=1.0, mastery_head_init_scale=1.0, shared_gain=False)
+                        mastery_in_prediction="none", gain_head_init_scale=1.0, mastery_head_init_scale=1.0, shared_gain=False,
+                        question_embedding="none")
     return seqs, model
 
 

@@ -127,7 +127,7 @@ def test_model_reduced_pass_equals_its_full_pass_with_practised_gains(link):
                         emb_type="qid", attention_bias="none", query_embedding="own", use_mastery_head=True,
                         use_gain_head=True, mastery_gain_scale=0.5,
                         gain_scope="practised_skill", mastery_link=link, mastery_in_prediction="logit_skill_free",
-                        gain_head_init_scale=1.0, mastery_head_init_scale=1.0, shared_gain=False).eval()
+                        gain_head_init_scale=1.0, mastery_head_init_scale=1.0, shared_gain=False, question_embedding="none").eval()
     gen = torch.Generator().manual_seed(2)
     c, r, q = (torch.randint(0, 6, (4, 9), generator=gen), torch.randint(0, 2, (4, 9), generator=gen),
                torch.randint(0, 6, (4, 9), generator=gen))

@@ -20,7 +20,7 @@ def _model(**overrides) -> GainAKT3Exp:
     kwargs = dict(num_c=C, seq_len=L + 1, d_model=16, n_heads=2, num_encoder_blocks=2, d_ff=24, dropout=0.1,
                   emb_type="qid", attention_bias="none", query_embedding="own", use_mastery_head=True,
                   use_gain_head=True, mastery_gain_scale=0.1, gain_scope="all_skills", mastery_link="clamp", mastery_in_prediction="none",
-                  gain_head_init_scale=1.0, mastery_head_init_scale=1.0, shared_gain=False)
+                  gain_head_init_scale=1.0, mastery_head_init_scale=1.0, shared_gain=False, question_embedding="none")
     kwargs.update(overrides)
     return GainAKT3Exp(**kwargs).eval()
 
