@@ -172,11 +172,12 @@ def question_rows(is_repeat: np.ndarray, lengths: np.ndarray) -> tuple[list, np.
     return rows, qidxs, rest, offsets
 
 
-def write_question_file(path: Path, test: dict, maxlen: int, min_seq_len: int, extra: tuple, sliding: bool) -> dict:
-    """test_question_sequences.csv (sliding False) or test_question_window_sequences.csv (True), as pyKT's
-    generate_question_sequences writes them: the rows of question_rows, cut to maxlen (chunks whose last step
-    scores and a tail of >= min_seq_len steps; or the first window and one window per later scored step), with the
-    columns fold,uid,questions,concepts,responses[,timestamps,usetimes],selectmasks,is_repeat,qidxs,rest,orirow."""
+def question_windows(test: dict, maxlen: int, min_seq_len: int, sliding: bool) -> dict:
+    """The rows of test_question_sequences.csv (sliding False) or test_question_window_sequences.csv (True), as
+    pyKT's generate_question_sequences makes them from the test students (test.csv): the rows of question_rows,
+    cut to maxlen (chunks whose last step scores and a tail of >= min_seq_len steps; or the first window and one
+    window per later scored step). Returns owner (student of each row), index (rows, maxlen) into the students'
+    back-to-back steps (-1 padding), selectmasks, and per step qidxs, rest and orirow."""
     rows, qidxs, rest, offsets = question_rows(np.asarray(test["is_repeat"]), np.asarray(test["lengths"]))
     orirow = np.repeat(np.arange(len(test["lengths"])), test["lengths"])
     index, masks, owner = [], [], []
@@ -209,9 +210,18 @@ def write_question_file(path: Path, test: dict, maxlen: int, min_seq_len: int, e
                     index.append(np.pad(steps[k:], (0, maxlen - (n - k)), constant_values=-1))
                     masks.append(np.pad(sm[k:], (0, maxlen - (n - k)), constant_values=-1))
                     owner.append(student)
-    idx = np.array(index, dtype=np.int64).reshape(-1, maxlen)
-    sm = np.array(masks, dtype=np.int64).reshape(-1, maxlen)
-    owner = np.array(owner, dtype=np.int64)
+    return {"owner": np.array(owner, dtype=np.int64), "index": np.array(index, dtype=np.int64).reshape(-1, maxlen),
+            "selectmasks": np.array(masks, dtype=np.int64).reshape(-1, maxlen), "qidxs": qidxs, "rest": rest,
+            "orirow": orirow}
+
+
+def write_question_file(path: Path, test: dict, maxlen: int, min_seq_len: int, extra: tuple, sliding: bool) -> dict:
+    """test_question_sequences.csv (sliding False) or test_question_window_sequences.csv (True) in pyKT's byte
+    format (question_windows), with the columns
+    fold,uid,questions,concepts,responses[,timestamps,usetimes],selectmasks,is_repeat,qidxs,rest,orirow."""
+    rows = question_windows(test, maxlen, min_seq_len, sliding)
+    idx, sm, owner = rows["index"], rows["selectmasks"], rows["owner"]
+    qidxs, rest, orirow = rows["qidxs"], rows["rest"], rows["orirow"]
     pad = idx < 0
 
     def column(values: np.ndarray) -> np.ndarray:

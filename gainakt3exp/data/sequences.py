@@ -143,6 +143,7 @@ class Sequences:
     questions: Optional[np.ndarray] = None  # (N, W) int64 question ids, -1 padded (question-level data only)
     is_repeat: Optional[np.ndarray] = None  # (N, W) bool: the step repeats the previous step's answer (another
     #                                         concept of the same multi-concept question, same response)
+    qidxs: Optional[np.ndarray] = None  # (N, W) int64 answer index of each step (pyKT's question files), -1 padded
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -195,6 +196,62 @@ def load_split(spec: DatasetSpec, split: str, fold: int, seq_len: int) -> Sequen
     if split != "test_window":
         seqs.selectmasks = seqs.concepts != -1
     return seqs
+
+
+QUESTION_SPLITS = {"question": False, "question_window": True}  # pyKT's test_question(_window)_sequences.csv
+
+
+def load_question_split(spec: DatasetSpec, split: str) -> Sequences:
+    """The rows of pyKT's question-level test file (split "question": test_question_sequences.csv, or
+    "question_window": test_question_window_sequences.csv) of a question-level data set, built from its
+    test_original_file (test.csv) exactly as pyKT's generate_question_sequences builds the files (layout.
+    question_windows; the importer writes them from the same rows, byte for byte as pyKT), so they need not be on
+    disk. Each row predicts the concepts of one answer (selectmask 1) from a history without that answer; qidxs
+    says which answer each step belongs to (late fusion)."""
+    from gainakt3exp.data.layout import question_windows
+
+    if split not in QUESTION_SPLITS:
+        raise ConfigError(f"question split {split!r} is unknown; use one of {', '.join(QUESTION_SPLITS)}")
+    if not spec.num_q:
+        raise ConfigError(f"data set {spec.name!r} has no question ids (input_type {spec.entry.get('input_type')}); "
+                          "pyKT's question-level evaluation needs a question-level data set")
+    name = spec.entry.get("test_original_file", "test.csv")
+    path = spec.root / name
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"data file {path} (dataset {spec.name!r}) is missing; the question-level evaluation builds "
+                        "pyKT's question rows from it: re-import data.txt with gakt-data import-pykt") from None
+    header, rows, lines = _read_csv(data, str(path), ("uid",) + ("concepts", "responses") + QUESTION_COLUMNS,
+                                    question_level=True)
+    flat, lengths = {}, None
+    for c in ("concepts", "responses") + QUESTION_COLUMNS:
+        flat[c], counts = parse_lists([row[header.index(c)] for row in rows], lines, str(path), c, np.int64)
+        if lengths is not None and first_bad_row(counts != lengths) is not None:
+            i = first_bad_row(counts != lengths)
+            raise DataError(f"{path} line {lines[i]}: column {c} has {counts[i]} values but concepts has "
+                            f"{lengths[i]}; every list of a student has one value per step")
+        lengths = counts
+    uid, _ = parse_lists([row[header.index("uid")] for row in rows], lines, str(path), "uid", np.int64)
+    test = {"uid": uid, "lengths": lengths, **flat}
+    made = question_windows(test, spec.maxlen, int(spec.entry.get("min_seq_len", 3)), QUESTION_SPLITS[split])
+    idx = made["index"]
+    pad = idx < 0
+
+    def column(values: np.ndarray) -> np.ndarray:
+        return np.where(pad, -1, values[np.where(pad, 0, idx)])
+
+    concepts = column(flat["concepts"])
+    bad = (concepts >= spec.num_c) | (column(flat["questions"]) >= spec.num_q)
+    i = first_bad_row(bad)
+    if i is not None:
+        raise DataError(f"{path}: a concept id >= num_c {spec.num_c} or question id >= num_q {spec.num_q} in the "
+                        f"rows of student {int(uid[made['owner'][i]])}; the file does not belong to this entry")
+    sm = made["selectmasks"] == 1
+    return Sequences(concepts=concepts, responses=column(flat["responses"]), selectmasks=sm,
+                     uids=uid[made["owner"]], lengths=(~pad).sum(axis=1), truth=None, source=str(path),
+                     file_hash=_sha256(data), questions=column(flat["questions"]),
+                     is_repeat=column(flat["is_repeat"]) == 1, qidxs=column(made["qidxs"]))
 
 
 def _to_sequences(arrays: dict, keep: np.ndarray | None, source: str, file_hash: str) -> Sequences:

@@ -3,7 +3,7 @@
     results = evaluate_model(params, checkpoint, max_correlation_students=300, batch_size=64, device_name="cpu")
     results["test_window_auc"]
 
-Pure evaluation: it never imports mlflow. runner.evaluate_run reads the checkpoint from a run, calls this, and
+Pure evaluation: it never imports mlflow. service.evaluation.evaluate_run reads the checkpoint from a run, calls this, and
 records the results in the run (metrics `eval/<split>_<name>`, eval_results.json, config_eval.json,
 metrics_epoch_eval.csv).
 """
@@ -52,5 +52,36 @@ def evaluate_model(params: dict, checkpoint: dict, *, max_correlation_students: 
                 for key in ("mastery_correlation", "gain_correlation", "target_mastery_correlation",
                             "correlation_students"):
                     results[f"{split}_{key}"] = sem.get(key)
+        results.update(pykt_metrics(model, spec, results, batch_size, device))
     results["eval_seconds"] = time.perf_counter() - start
     return results
+
+
+def pykt_metrics(model, spec, results: dict, batch_size: int, device) -> dict:
+    """pyKT's evaluation under pyKT's names (evaluate_model.evaluate / evaluate_question, examples/wandb_predict):
+    testauc/testacc and window_testauc/window_testacc (every scored concept step of test / test_window), and for a
+    question-level data set, over the rows of its two question files, the concept predictions (oriaucconcepts
+    ...) and their late fusion per answer: oriauclate_{mean,vote,all} (test_question_sequences.csv) and
+    windowauclate_{mean,vote,all} (test_question_window_sequences.csv), with the acc twins. headline_auc is the
+    metric pyKT reports as final: windowauclate_mean with questions, window_testauc without. Early fusion (a
+    model head over the mean hidden state of an answer's steps) does not apply to this model's prediction head."""
+    import numpy as np
+    import torch
+
+    from gainakt3exp.loops.collect import collect_outputs
+    from gainakt3exp.metrics.stats import question_level_metrics
+
+    out = {"testauc": results["test_auc"], "testacc": results["test_accuracy"],
+           "window_testauc": results["test_window_auc"], "window_testacc": results["test_window_accuracy"]}
+    if not spec.num_q:
+        return {**out, "headline_auc": out["window_testauc"]}
+    for split, prefix in (("question", "ori"), ("question_window", "window")):
+        seqs = data_mod.load_question_split(spec, split)
+        got = collect_outputs(model, seqs, np.arange(len(seqs)), batch_size, device, per_skill=False,
+                              interpretation=False)
+        scored = got["score"].numpy()
+        answer = seqs.qidxs[got["rows"].numpy()][:, 1:1 + scored.shape[1]][scored]  # targets are steps 1..
+        p = torch.sigmoid(got["logits"].double()).numpy()[scored]
+        for key, value in question_level_metrics(p, got["y"].numpy()[scored], answer).items():
+            out[f"{prefix}{key}"] = value
+    return {**out, "headline_auc": out["windowauclate_mean"]}

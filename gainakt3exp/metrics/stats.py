@@ -52,6 +52,44 @@ def accuracy(y: np.ndarray, p: np.ndarray) -> float:
     return float(np.mean((p >= 0.5) == (y > 0.5)))
 
 
+FUSIONS = ("late_mean", "late_vote", "late_all")
+
+
+def late_fusion(p: np.ndarray, y: np.ndarray, answer: np.ndarray) -> dict[str, np.ndarray]:
+    """pyKT's late fusion (evaluate_model.late_fusion): the concept predictions of one answer (a question with k
+    concepts, k predictions; `answer` is pyKT's qidx of each) fused into one prediction per answer, answers in
+    ascending qidx order:
+      late_mean = round(mean(p), 4)                     (pyKT rounds before AUC and accuracy)
+      late_vote = mean(p >= 0.5) if at least half of them are >= 0.5, else mean(p < 0.5)
+      late_all  = mean(p >= 0.5) if all of them are >= 0.5,         else mean(p < 0.5)
+    and "label", the answer's response, int(mean(y)) as pyKT takes it."""
+    p = np.asarray(p, dtype=np.float64).ravel()
+    y = np.asarray(y, dtype=np.float64).ravel()
+    groups, g = np.unique(np.asarray(answer).ravel(), return_inverse=True)
+    n = np.bincount(g, minlength=len(groups)).astype(np.float64)
+    high = p >= 0.5
+    n_high = np.bincount(g, weights=high, minlength=len(groups))
+    sum_high = np.bincount(g, weights=np.where(high, p, 0.0), minlength=len(groups))
+    sum_low = np.bincount(g, weights=np.where(high, 0.0, p), minlength=len(groups))
+    mean_high = np.divide(sum_high, n_high, out=np.zeros_like(n), where=n_high > 0)
+    mean_low = np.divide(sum_low, n - n_high, out=np.zeros_like(n), where=n > n_high)
+    return {"late_mean": np.round(np.bincount(g, weights=p, minlength=len(groups)) / n, 4),
+            "late_vote": np.where(n_high / n >= 0.5, mean_high, mean_low),
+            "late_all": np.where(n_high == n, mean_high, mean_low),
+            "label": np.floor(np.bincount(g, weights=y, minlength=len(groups)) / n)}
+
+
+def question_level_metrics(p: np.ndarray, y: np.ndarray, answer: np.ndarray) -> dict[str, float]:
+    """pyKT's evaluate_question over the scored concept predictions of a question file: auc/acc of the concepts
+    themselves ("concepts") and of each late fusion, per answer; keys auc<fusion>, acc<fusion>, n_answers."""
+    fused = late_fusion(p, y, answer)
+    out = {"aucconcepts": roc_auc(y, p), "accconcepts": accuracy(y, p), "n_answers": len(fused["label"])}
+    for name in FUSIONS:
+        out[f"auc{name}"] = roc_auc(fused["label"], fused[name])
+        out[f"acc{name}"] = accuracy(fused["label"], fused[name])
+    return out
+
+
 def masked_row_pearson(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
                        min_count: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row Pearson correlation over the masked elements, all rows at once.

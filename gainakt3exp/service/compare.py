@@ -142,8 +142,12 @@ def history_rows(ho: dict, hr: dict, tolerance: float) -> list[dict]:
         if a is None or b is None:
             have = a if a is not None else b
             note = "only in original" if b is None else "only in reproduction"
+            # an evaluation metric newer than the original's evaluation: information, not a difference
+            newer = a is None and key.startswith(_EVAL_PREFIX)
+            if newer:
+                note += " (an evaluation metric the original's evaluation did not log)"
             rows.append(_row(key, have[max(have)] if a is not None else None,
-                             have[max(have)] if b is not None else None, None, INFO if info else FAIL, note))
+                             have[max(have)] if b is not None else None, None, INFO if info or newer else FAIL, note))
             continue
         common = sorted(set(a) & set(b))
         diffs = [_diff(a[s], b[s]) for s in common]

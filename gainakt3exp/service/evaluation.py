@@ -44,7 +44,9 @@ def evaluate_run(client, ref: str, *, max_correlation_students: int | None = Non
     csv_text = metrics_csv([{"epoch": checkpoint["epoch"], **metrics}])
     tracking.publish_bytes(client, run_id, "metrics_epoch_eval.csv", csv_text.encode())
     tracking.publish_bytes(client, run_id, EVAL_TABLE, tracking.json_bytes(eval_table(results)))
-    sink.set_tags({tracking.TAG_EVALUATED: "true", **_table_artifact_tag(run, EVAL_TABLE)})
+    protocol = "pykt-question" if "windowauclate_mean" in results else "pykt-concept"  # what headline_auc is
+    sink.set_tags({tracking.TAG_EVALUATED: "true", tracking.TAG_EVAL_PROTOCOL: protocol,
+                   **_table_artifact_tag(run, EVAL_TABLE)})
     _tag_entry_point_run(client, run_id, metrics, checkpoint["epoch"])
     return results
 

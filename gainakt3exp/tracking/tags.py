@@ -32,6 +32,7 @@ TAG_DATA_ROOT_RESOLVED = "gakt.data_root_resolved"
 TAG_DATA_SOURCE = "gakt.data_source"
 TAG_DEVICE = "gakt.device"
 TAG_EVALUATED = "gakt.evaluated"
+TAG_EVAL_PROTOCOL = "gakt.eval_protocol"  # pykt-question (headline windowauclate_mean) or pykt-concept
 TAG_GIT_COMMIT = "gakt.git_commit"
 TAG_GIT_DIRTY = "gakt.git_dirty"
 TAG_MLFLOW_VERSION = "gakt.mlflow_version"

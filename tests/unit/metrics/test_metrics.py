@@ -403,3 +403,23 @@ def test_epoch_metric_dict_groups_keys_and_drops_none_nan_and_lists():
     assert d["loss_shares/main"] + d["loss_shares/constraint_total"] == pytest.approx(1.0)
     assert d["violations/monotonicity_violation_rate"] == 0.0
     assert not any("per_lag" in k or "gain_correlation" in k or "epoch" == k.split("/")[-1] for k in d)
+
+
+def test_late_fusion_of_a_hand_made_table_follows_pykts_definitions():
+    """Answers (qidx) 4: [0.9, 0.2] (1 of 2 high: vote takes the high mean, all the low), 7: [0.6, 0.7, 0.1]
+    (2 of 3 high), 9: [0.3] (none high), 12: [0.55, 0.8] (all high); late_mean is rounded to 4 decimals."""
+    p = np.array([0.9, 0.2, 0.6, 0.7, 0.1, 0.3, 0.55, 0.8, 0.123456])
+    y = np.array([1, 1, 0, 0, 0, 1, 1, 1, 0])
+    qidx = np.array([4, 4, 7, 7, 7, 9, 12, 12, 13])
+    fused = stats.late_fusion(p, y, qidx)
+    assert fused["late_mean"].tolist() == [0.55, round(1.4 / 3, 4), 0.3, 0.675, 0.1235]
+    assert fused["late_vote"].tolist() == pytest.approx([0.9, 0.65, 0.3, 0.675, 0.123456])
+    assert fused["late_all"].tolist() == pytest.approx([0.2, 0.1, 0.3, 0.675, 0.123456])
+    assert fused["label"].tolist() == [1, 0, 1, 1, 0]
+    metrics = stats.question_level_metrics(p, y, qidx)
+    # labels 1,0,1,1,0; late_mean 0.55, 0.4667, 0.3, 0.675, 0.1235: positive vs negative pairs won 5 of 6
+    assert metrics["auclate_mean"] == pytest.approx(5 / 6)
+    assert metrics["acclate_mean"] == pytest.approx(4 / 5)  # only answer 9 (label 1, 0.3) is on the wrong side
+    assert metrics["auclate_all"] == 1.0  # positives 0.2, 0.3, 0.675 all above negatives 0.1, 0.1235
+    assert metrics["acclate_vote"] == pytest.approx(3 / 5) and metrics["n_answers"] == 5  # 0.65 and 0.3 wrong
+    assert metrics["aucconcepts"] == pytest.approx(pytest.importorskip("sklearn.metrics").roc_auc_score(y, p))
