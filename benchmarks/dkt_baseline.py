@@ -10,7 +10,10 @@ validation AUC decides early stopping (--patience epochs without a better one) a
 scored. Rows, batches and masks come from gainakt3exp.data, so valid, test and test_window (pyKT's window
 evaluation: only the selectmask positions score) are the rows and steps `gakt-eval` scores for GainAKT3Exp.
 Seeded (torch.manual_seed and the batch-order generator): the same command gives the same AUCs on one machine.
-Prints one JSON line: `val_auc`, `test_auc`, `test_window_auc`, `best_epoch`, the AUC of every epoch, seconds.
+On a question-level data set a response is hidden while its answer continues, as for GainAKT3Exp, and `pykt`
+holds pyKT's question-level metrics (late fusion over the question files' rows) beside the concept-level ones.
+Prints one JSON line: `val_auc`, `test_auc`, `test_window_auc`, `pykt` (pyKT's names, `headline_auc` the one pyKT
+reports as final), `best_epoch`, the AUC of every epoch, seconds.
 """
 from __future__ import annotations
 
@@ -33,10 +36,11 @@ from gainakt3exp.metrics import stats
 class DKT(nn.Module):
     """pyKT's DKT: interaction embedding, one LSTM layer, dropout, a linear layer to one logit per skill."""
 
-    def __init__(self, num_c: int, emb_size: int, dropout: float):
+    def __init__(self, num_c: int, emb_size: int, dropout: float, responses: int = 2):
         super().__init__()
         self.num_c = num_c
-        self.interaction_emb = nn.Embedding(2 * num_c, emb_size)
+        # responses 3 on question-level data: a response is HIDDEN while its answer continues (sequences.make_batch)
+        self.interaction_emb = nn.Embedding(responses * num_c, emb_size)
         self.lstm = nn.LSTM(emb_size, emb_size, batch_first=True)
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(emb_size, num_c)
@@ -71,17 +75,41 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def evaluate(model: DKT, seqs, batch_size: int) -> float:
-    """AUC over the scored steps of every row (score mask: all valid steps, or the window's selectmask)."""
+def predict(model: DKT, seqs, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Labels, probabilities and (question rows) answer index of the scored steps of every row (score mask: all
+    valid steps, or the file's selectmask)."""
     model.eval()
-    ys, ps = [], []
+    ys, ps, answers = [], [], []
     with torch.no_grad():
         for batch in data_mod.iterate_batches(seqs, batch_size, shuffle=False, generator=None, device="cpu"):
             z = model(batch.c, batch.r, batch.q)
             ys.append(batch.y[batch.score].numpy())
             ps.append(torch.sigmoid(z[batch.score]).numpy())
+            if seqs.qidxs is not None:  # targets are steps 1..L of the rows
+                qidx = seqs.qidxs[batch.rows.numpy()][:, 1:1 + batch.score.shape[1]]
+                answers.append(qidx[batch.score.numpy()])
     model.train()
-    return stats.roc_auc(np.concatenate(ys), np.concatenate(ps))
+    return np.concatenate(ys), np.concatenate(ps), np.concatenate(answers) if answers else None
+
+
+def evaluate(model: DKT, seqs, batch_size: int) -> float:
+    """AUC over the scored steps of every row."""
+    y, p, _ = predict(model, seqs, batch_size)
+    return stats.roc_auc(y, p)
+
+
+def pykt_metrics(model: DKT, spec, splits: dict, batch_size: int) -> dict:
+    """The metrics gakt-eval logs under pyKT's names (loops.evaluate.pykt_metrics), on the same rows."""
+    out = {}
+    for split, name in (("test", "test"), ("test_window", "window_test")):
+        y, p, _ = predict(model, splits[split], batch_size)
+        out[f"{name}auc"], out[f"{name}acc"] = stats.roc_auc(y, p), stats.accuracy(y, p)
+    if not spec.num_q:
+        return {**out, "headline_auc": out["window_testauc"]}
+    for split, prefix in (("question", "ori"), ("question_window", "window")):
+        y, p, answer = predict(model, data_mod.load_question_split(spec, split), batch_size)
+        out.update({f"{prefix}{k}": v for k, v in stats.question_level_metrics(p, y, answer).items()})
+    return {**out, "headline_auc": out["windowauclate_mean"]}
 
 
 def main(argv=None) -> None:
@@ -103,7 +131,7 @@ def main(argv=None) -> None:
                   for s in ("train", "valid", "test", "test_window")}
         torch.manual_seed(args.seed)
         generator = torch.Generator().manual_seed(args.seed)
-        model = DKT(spec.num_c, args.emb_size, args.dropout)
+        model = DKT(spec.num_c, args.emb_size, args.dropout, responses=3 if spec.num_q else 2)
         optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
         history, best, best_state, stale = [], -1.0, None, 0
         with Timer() as train_t:
@@ -128,6 +156,7 @@ def main(argv=None) -> None:
         results = {"val_auc": best, "best_epoch": best_epoch, "epochs_run": len(history),
                    "test_auc": evaluate(model, splits["test"], args.batch_size),
                    "test_window_auc": evaluate(model, splits["test_window"], args.batch_size),
+                   "pykt": pykt_metrics(model, spec, splits, args.batch_size),
                    "val_auc_by_epoch": history, "train_seconds": train_t.wall,
                    "interactions_per_epoch": data_mod.num_interactions(splits["train"])}
         dkt = {k: getattr(args, k) for k in ("fold", "seq_len", "emb_size", "dropout", "learning_rate",

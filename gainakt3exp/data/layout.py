@@ -8,11 +8,13 @@ arrays: uid (n,), lengths (n,) and per-step columns stored back to back (concept
 string columns such as pyKT's timestamps/usetimes), in the order they go to the files.
 """
 from __future__ import annotations
+
 import json
 from pathlib import Path
-import numpy as np
-from gainakt3exp.files import write_bytes_atomic
 
+import numpy as np
+
+from gainakt3exp.files import write_bytes_atomic
 
 # ----------------------------------------------------------------------------------------------- writing
 

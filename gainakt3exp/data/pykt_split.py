@@ -20,13 +20,16 @@ another level. Malformed records (a missing or extra line, a line whose length d
 responses other than 0/1) are refused with file and line, where pyKT's reader would misread or drop them.
 """
 from __future__ import annotations
+
 import re
 from pathlib import Path
 from typing import Callable
+
 import numpy as np
+
+from gainakt3exp.data.layout import pykt_entry, write_keyid2idx, write_pykt_config, write_pykt_folder
 from gainakt3exp.data.sequences import parse_lists
 from gainakt3exp.errors import DataError
-from gainakt3exp.data.layout import pykt_entry, write_keyid2idx, write_pykt_config, write_pykt_folder
 
 LINES = ("header", "questions", "concepts", "responses", "timestamps", "usetimes")
 SHUFFLE_SEED = 1024  # pyKT's train_test_split and KFold_split

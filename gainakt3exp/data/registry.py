@@ -14,15 +14,17 @@ A name means one data set: a user entry under a built-in name is refused when it
 that holds one anyway (edited by hand) is refused when read, naming both files.
 """
 from __future__ import annotations
+
 import fcntl
 import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
 from gainakt3exp.errors import ConfigError
-from gainakt3exp.paths import CONFIG_DIR, PROJECT_ROOT
 from gainakt3exp.files import write_bytes_atomic
+from gainakt3exp.paths import CONFIG_DIR, PROJECT_ROOT
 
 BUILTIN = CONFIG_DIR / "data_config.json"
 REGISTRY_ENV = "GAKT_DATA_REGISTRY"

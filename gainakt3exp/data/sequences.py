@@ -10,6 +10,7 @@ Parsed files are cached as .npz under $GAKT_CACHE_DIR (default ~/.cache/gainakt3
 file bytes, never next to the data (which may be read-only).
 """
 from __future__ import annotations
+
 import csv
 import hashlib
 import io
@@ -19,11 +20,13 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
+
 import numpy as np
 import torch
+
+from gainakt3exp.data.registry import dataset_files, dataset_root, is_question_level, lookup
 from gainakt3exp.errors import ConfigError, DataError
 from gainakt3exp.files import write_bytes_atomic
-from gainakt3exp.data.registry import dataset_files, dataset_root, is_question_level, lookup
 
 REQUIRED_COLUMNS = ("fold", "uid", "concepts", "responses", "selectmasks")
 #: The input response of a step whose answer continues at the next step (another concept of the same question):

@@ -20,13 +20,22 @@ train_valid_sequences.csv), test_true_mastery_sequences.csv, test_window_true_ma
 (columns fold,uid,mastery; -1 padded; 4 decimals), plus synthetic.json (law, seed, counts).
 """
 from __future__ import annotations
+
 import json
 from pathlib import Path
+
 import numpy as np
+
+from gainakt3exp.data.layout import (
+    gather_windows,
+    sliding_windows,
+    split_windows,
+    window_selectmasks,
+    write_sequence_csv,
+)
 from gainakt3exp.data.sequences import REQUIRED_COLUMNS, truth_file_name
-from gainakt3exp.data.layout import gather_windows, sliding_windows, split_windows, window_selectmasks, write_sequence_csv
-from gainakt3exp.files import write_bytes_atomic
 from gainakt3exp.errors import ConfigError
+from gainakt3exp.files import write_bytes_atomic
 
 GUESS = 0.1
 SLIP = 0.1

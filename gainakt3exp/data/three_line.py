@@ -13,12 +13,15 @@ they become 0..num_c-1; otherwise they are remapped 0-based in order of first ap
 file order), as pyKT's id_mapping does, and num_c is the number of distinct ids. keyid2idx.json records the map.
 """
 from __future__ import annotations
+
 from pathlib import Path
 from typing import Callable
+
 import numpy as np
+
+from gainakt3exp.data.layout import pykt_entry, split_windows, write_keyid2idx, write_pykt_config, write_pykt_folder
 from gainakt3exp.data.sequences import first_bad_row, parse_lists
 from gainakt3exp.errors import DataError
-from gainakt3exp.data.layout import pykt_entry, split_windows, write_keyid2idx, write_pykt_config, write_pykt_folder
 
 SPLITS = ("train", "valid", "test")
 

@@ -9,8 +9,8 @@ from gainakt3exp.config.params import (
     defaults_md5,
     format_value,
     list_profiles,
-    load_profile,
     load_defaults,
+    load_profile,
     parse_value,
     resolve_params,
 )
