@@ -3,7 +3,7 @@
     results = evaluate_model(params, checkpoint, max_correlation_students=300, batch_size=64, device_name="cpu")
     results["test_window_auc"]
 
-Pure evaluation: it never imports mlflow. runner.evaluate_run reads the checkpoint from a run, calls this, and
+Pure evaluation: it never imports mlflow. service.evaluation.evaluate_run reads the checkpoint from a run, calls this, and
 records the results in the run (metrics `eval/<split>_<name>`, eval_results.json, config_eval.json,
 metrics_epoch_eval.csv).
 """
