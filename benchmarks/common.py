@@ -5,7 +5,7 @@
     bench = setup(args)                      # resolved, validated params; torch threads set
     emit("train_throughput", bench, {"interactions_per_second": ...})   # one JSON line on stdout
 
-Parameters come from gainakt3exp.params.resolve_params: the defaults, then each --profile, then the benchmark
+Parameters come from gainakt3exp.config.params.resolve_params: the defaults, then each --profile, then the benchmark
 base BENCH_OVERRIDES for the keys no profile sets (so --profile cpu-small keeps its d_model 64), --data_root and
 each --override key=value. A benchmark runs exactly the configuration a tracked run with those overrides would, and
 every parameter value lands in the JSON line (params, overrides = what differs from the defaults, settings).

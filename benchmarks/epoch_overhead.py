@@ -6,7 +6,7 @@
 
 Runs gainakt3exp.loops.train.train_model itself, logging to a real local MLflow store (tracking.MlflowSink on
 sqlite:///<tmp>/mlflow.db, artifacts beside it; the checkpoint goes there through tracking.publish_bytes as in
-runner.py), with timing wrappers around the functions it calls, so what is timed is the training code path:
+service/training.py), with timing wrappers around the functions it calls, so what is timed is the training code path:
   train part           train._train_epoch (includes the batch-level MLflow logging every monitor_freq batches)
   validate_epoch       of which collect_outputs (one model pass, reduced per batch), prediction_from_outputs,
                        semantic_from_outputs (first max_semantic_students rows), global_alignment_from_outputs
@@ -93,7 +93,7 @@ def _store(tmp: Path):
     exp_id = tracking.ensure_experiment(client, "benchmarks")
     run_id = client.create_run(exp_id).info.run_id
     sink = tracking.MlflowSink(client, run_id)
-    sink.set_tags({"gakt.kind": "benchmark"})  # the store is warm before training, as after runner._record_run
+    sink.set_tags({"gakt.kind": "benchmark"})  # the store is warm before training, as after service.training._record_run
     return client, run_id, sink
 
 

@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/eval_correlations.py --students 50 600 --split valid
     .venv/bin/python benchmarks/eval_correlations.py --checkpoint mlruns/.../model_best.pth
 
-For each n, gainakt3exp.metrics.semantic_metrics(model, split, n, batch_size, device), which evaluate.py runs with
+For each n, gainakt3exp.loops.collect.semantic_metrics(model, split, n, batch_size, device), which loops/evaluate.py runs with
 n = max_correlation_students, is timed end to end, and then its two halves separately: collect_outputs(...,
 logits=False) (the model pass over the first n rows without the prediction head, reduced per batch) and
 semantic_from_outputs (the correlations, variances and violation rates from those outputs, no model). For

@@ -7,7 +7,7 @@
     .venv/bin/python benchmarks/train_throughput.py --batches 20 --torch_profile 10   # + where the time goes
     .venv/bin/python benchmarks/train_throughput.py --batches 2 --count_flops 10      # + the matmul work it asks for
 
-What is timed is gainakt3exp.train._train_epoch itself, the loop train_model runs: autocast, forward, objective,
+What is timed is gainakt3exp.loops.train._train_epoch itself, the loop train_model runs: autocast, forward, objective,
 zero_grad, backward, gradient clipping, optimizer step, the per-batch AUC bookkeeping and the batch-level sink
 logging (an in-memory sink here; benchmarks/epoch_overhead.py times MLflow). Parameters: the defaults, then
 --profile, then the benchmark base (d_model 256, 1 block), --data_root and --override; all of them are in the JSON.

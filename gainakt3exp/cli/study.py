@@ -1,5 +1,5 @@
 """The `gakt-study` commands (also `gakt study <verb>`): launch, search, show, resume. Thin: the work is in
-study.py, study_plan.py, study_report.py, search.py and engine.py.
+study/driver.py, plan.py, report.py, search.py and engine.py.
 
     gakt-study launch --short_title paper --profile cpu-small --data_root ../shared/data --folds 0,1,2,3,4 --seeds 42
     gakt-study show 512034

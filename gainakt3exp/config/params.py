@@ -1,6 +1,6 @@
 """Run parameters: the defaults file, profiles, overrides, parsing, validation, md5.
 
-    from gainakt3exp.params import resolve_params
+    from gainakt3exp.config.params import resolve_params
     resolved = resolve_params({"epochs": "3"}, profiles=["cpu-small"])
     resolved.params["d_model"]  # 64
 

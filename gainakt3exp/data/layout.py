@@ -3,7 +3,7 @@ entry and keyid2idx.json. The importers (three_line.py, pykt_split.py) and synth
 
     summary = write_pykt_folder(Path("data/mine"), train_valid, folds, test, maxlen=200, min_seq_len=3)
 
-data.py reads what this module writes; the layout itself is described there. Students are passed as dicts of
+sequences.py reads what this module writes; the layout itself is described there. Students are passed as dicts of
 arrays: uid (n,), lengths (n,) and per-step columns stored back to back (concepts, responses, and optional extra
 string columns such as pyKT's timestamps/usetimes), in the order they go to the files.
 """

@@ -3,8 +3,8 @@
     results = train_model(params, MemorySink())        # params: a complete resolved parameter dict
 
 `train_model` is pure training: it hands one dict of numbers per epoch to a sink (`sink.log_metrics(d, step)`)
-and never imports mlflow or the service. runner.py (the MLproject `main` entry point) wires it to the MLflow run
-that `mlflow run` created (or a new one).
+and never imports mlflow or the service. service/training.py (behind the MLproject `main` entry point) wires it to
+the MLflow run that `mlflow run` created (or a new one).
 """
 from __future__ import annotations
 

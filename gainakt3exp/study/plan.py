@@ -1,7 +1,7 @@
 """A study's definition: parsing --folds/--seeds/--grid, validating every child before anything is written, the
 parent's config.json and the `gakt-study launch` line that makes the study again.
 
-    from gainakt3exp.study_plan import build_plan
+    from gainakt3exp.study.plan import build_plan
     plan = build_plan("paper", ["tiny"], {"data_root": "data"}, folds="0,1", seeds="42,43", grid_items=[],
                       evaluate=False, workers=2, threads_per_run=1)
     [(s.fold, s.seed) for s in plan.slots]        # [(0, 42), (0, 43), (1, 42), (1, 43)]

@@ -82,7 +82,7 @@ def test_eval_correlations_reports_one_line_per_student_count(synthetic_root):
     assert every["interactions"] == num_interactions(test) > few["interactions"] > 0
     for r in (few, every):
         assert r["correlation_students"] <= r["students"]
-        assert -1 <= r["mastery_correlation"] <= 1 and r["seconds"] >= r["collect_outputs_seconds"] > 0
+        assert -1 <= r["mastery_correlation"] <= 1 and r["seconds"] > 0 and r["collect_outputs_seconds"] > 0
 
 
 def test_epoch_overhead_reports_the_share_of_logging(synthetic_root, tmp_path):

@@ -156,12 +156,12 @@ def test_kill_9_leaves_running_then_stale_mark_kills_it_and_the_checkpoint_loads
 
 
 def test_a_crash_in_training_marks_the_run_failed_with_the_reason(data_root, store, monkeypatch):
-    import gainakt3exp.train
+    import gainakt3exp.loops.train
 
     def crash(*_args, **_kwargs):
         raise RuntimeError("simulated crash in the training loop")
 
-    monkeypatch.setattr(gainakt3exp.train, "train_model", crash)
+    monkeypatch.setattr(gainakt3exp.loops.train, "train_model", crash)
     params = resolve_params({"data_root": str(data_root)}, ["tiny"]).params
     handler_before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(RuntimeError, match="simulated crash"):

@@ -144,7 +144,7 @@ def test_unregister_refuses_a_built_in_or_unknown_set(user_registry):
     assert invoke("data", "unregister", "nope").exit_code == 2
 
 
-# ------------------------------------------------------------------ what a reproduction checks (experiment.py)
+# ------------------------------------------------------------------ what a reproduction checks (service/reproduce.py)
 
 @pytest.fixture
 def recorded(tmp_path, user_registry):
