@@ -120,7 +120,9 @@ def eval_cmd(run: str, max_correlation_students, batch_size, device) -> None:
     results = evaluate_run(open_store()[0], run, max_correlation_students=max_correlation_students,
                            batch_size=batch_size, device=device, echo=lambda m: click.echo(m, err=True))
     for key in ("valid_auc", "test_auc", "test_window_auc", "test_accuracy", "test_mastery_correlation",
-                "test_gain_correlation"):
+                "test_gain_correlation", "windowauclate_mean", "headline_auc"):
+        if key == "windowauclate_mean" and key not in results:
+            continue
         value = results.get(key)
         click.echo(f"{key:28s} {'-' if value is None else f'{value:.4f}'}")
 

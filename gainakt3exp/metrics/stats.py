@@ -81,9 +81,10 @@ def late_fusion(p: np.ndarray, y: np.ndarray, answer: np.ndarray) -> dict[str, n
 
 def question_level_metrics(p: np.ndarray, y: np.ndarray, answer: np.ndarray) -> dict[str, float]:
     """pyKT's evaluate_question over the scored concept predictions of a question file: auc/acc of the concepts
-    themselves ("concepts") and of each late fusion, per answer; keys auc<fusion>, acc<fusion>, n_answers."""
+    themselves ("concepts") and of each late fusion, per answer; keys auc<fusion>, acc<fusion>, and answers (how
+    many answers were fused)."""
     fused = late_fusion(p, y, answer)
-    out = {"aucconcepts": roc_auc(y, p), "accconcepts": accuracy(y, p), "n_answers": len(fused["label"])}
+    out = {"aucconcepts": roc_auc(y, p), "accconcepts": accuracy(y, p), "answers": len(fused["label"])}
     for name in FUSIONS:
         out[f"auc{name}"] = roc_auc(fused["label"], fused[name])
         out[f"acc{name}"] = accuracy(fused["label"], fused[name])

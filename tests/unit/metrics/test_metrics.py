@@ -421,5 +421,5 @@ def test_late_fusion_of_a_hand_made_table_follows_pykts_definitions():
     assert metrics["auclate_mean"] == pytest.approx(5 / 6)
     assert metrics["acclate_mean"] == pytest.approx(4 / 5)  # only answer 9 (label 1, 0.3) is on the wrong side
     assert metrics["auclate_all"] == 1.0  # positives 0.2, 0.3, 0.675 all above negatives 0.1, 0.1235
-    assert metrics["acclate_vote"] == pytest.approx(3 / 5) and metrics["n_answers"] == 5  # 0.65 and 0.3 wrong
+    assert metrics["acclate_vote"] == pytest.approx(3 / 5) and metrics["answers"] == 5  # 0.65 and 0.3 wrong
     assert metrics["aucconcepts"] == pytest.approx(pytest.importorskip("sklearn.metrics").roc_auc_score(y, p))
