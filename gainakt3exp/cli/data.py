@@ -175,7 +175,7 @@ def _register_imported(name: str, entry: dict) -> None:
 @data_group.command("import-3line", context_settings=_CONTEXT)
 @click.option("--src", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder with <prefix>_train<k>.csv, _valid<k>.csv and _test<k>.csv (or _test.csv).")
-@click.option("--prefix", required=True, help="File prefix, e.g. assist2015.")
+@click.option("--prefix", required=True, help="File prefix, e.g. assist2015 (AKT's 4-line sets: assist2009_pid).")
 @click.option("--fold", required=True, type=click.IntRange(min=1), help="Which fold k to import (1-based).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder to write.")
 @click.option("--num_c", default=None, type=click.IntRange(min=1),
@@ -192,10 +192,16 @@ def import_cmd(src: Path, prefix: str, fold: int, out: Path, num_c, maxlen: int,
     """Convert the 3-line layout of DKT/DKVMN/AKT/SAKT code (header = a response count or <row>,<student id>)
     to pyKT layout, with keyid2idx.json and a pyKT data_config.json entry.
 
+    A prefix ending in _pid reads AKT's 4-line question-level files (header / problem ids / skill ids /
+    responses): a problem with k skills is k consecutive rows with the same problem and response, collapsed into
+    one multi-concept answer and written as pyKT writes question-level data (k steps, is_repeat), every row kept.
+
     \b
     Example:
       gakt-data import-3line --src ../shared/data/assist2015/akt --prefix assist2015 --fold 1 \\
           --out data/assist2015_akt --maxlen 200 --min_seq_len 3 --register assist2015_akt
+      gakt-data import-3line --src ../shared/data/assist2009/akt --prefix assist2009_pid --fold 1 \\
+          --out data/assist2009_akt --maxlen 200 --min_seq_len 3 --register assist2009_akt
     """
     from gainakt3exp.data.three_line import import_three_line
 

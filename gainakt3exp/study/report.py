@@ -41,7 +41,8 @@ METRICS = (("val_auc", "val AUC", "best", "val/auc"), ("val_accuracy", "val accu
            ("gain_correlation", "gain corr", "at_best", "trajectory/gain_correlation"),
            ("test_auc", "test AUC", "eval", "eval/test_auc"),
            ("test_window_auc", "window test AUC", "eval", "eval/test_window_auc"),
-           ("test_accuracy", "test accuracy", "eval", "eval/test_accuracy"))
+           ("test_accuracy", "test accuracy", "eval", "eval/test_accuracy"),
+           ("headline_auc", "headline AUC", "eval", "eval/headline_auc"))  # pyKT's final metric (gakt-eval)
 TRAJECTORY = ("val/auc", "trajectory/mastery_correlation", "trajectory/gain_correlation",
               "trajectory/target_mastery_correlation")
 

@@ -57,3 +57,23 @@ def test_the_shared_folder_registers_as_pykt_wrote_it_and_reads_its_questions(tm
         assert (seqs.responses[:, 1:][rep] == seqs.responses[:, :-1][rep]).all()
     assert int(train.is_repeat.sum() + valid.is_repeat.sum()) > 0.1 * int(train.lengths.sum() + valid.lengths.sum())
     assert np.array_equal(np.unique(train.is_repeat), [False, True])
+
+
+def test_akts_four_line_files_import_with_every_row_and_answer(tmp_path):
+    """AKT's fold-1 `_pid` files hold the 4,151 students of data.txt: 325,637 rows, 274,590 answers (README)."""
+    from gainakt3exp.data.three_line import import_three_line
+
+    summary = import_three_line(A09 / "akt", "assist2009_pid", 1, tmp_path / "akt", maxlen=200, min_seq_len=3,
+                                name="akt09")
+    source = summary["source"]
+    assert sum(s["students"] for s in source.values()) == 4151
+    assert sum(s["interactions"] for s in source.values()) == 325637
+    assert sum(s["answers"] for s in source.values()) == 274590
+    assert sum(d["students"] for d in summary["dropped"].values()) == 320  # fewer than 3 answers, as pyKT drops
+    assert (summary["num_q"], summary["num_c"], summary["max_concepts"]) == (16877, 110, 4)
+    written = summary["written"]
+    kept_rows = 325637 - sum(d["short_student_interactions"] for d in summary["dropped"].values())
+    test_rows = written["test_window_sequences.csv"]["interactions"]
+    train_rows = written["train_valid_sequences.csv"]["interactions"] + summary["dropped"]["train"][
+        "remainder_interactions"] + summary["dropped"]["valid"]["remainder_interactions"]
+    assert train_rows + test_rows == kept_rows  # every kept row is written once (window test: every step)

@@ -470,3 +470,38 @@ def test_import_pykt_registers_the_set_and_refuses_a_taken_name_first(tmp_path, 
                    "--name", "synthetic")
     assert taken.exit_code == 2 and "'synthetic' is a built-in data set" in taken.output
     assert not (tmp_path / "other").exists()
+
+
+def _four_line(path, students):
+    """AKT's `_pid` layout: header, problem ids, skill ids, responses (a problem with k skills: k rows)."""
+    path.write_text("".join(f"{i},{1000 + i}\n{','.join(map(str, p))}\n{','.join(map(str, s))}\n"
+                            f"{','.join(map(str, r))}\n" for i, (p, s, r) in enumerate(students)))
+
+
+def test_akt_four_line_files_collapse_multi_skill_rows_into_question_level_answers(tmp_path):
+    """Problem 7 with skills 1 and 3 is one answer (two steps, is_repeat 0, 1); problem 7 again straight away with
+    skill 1 repeated is a new answer; every row and response is kept; a student with 2 answers in 3 rows is dropped."""
+    student = ([7, 7, 7, 7, 8, 9], [1, 3, 1, 3, 2, 2], [1, 1, 1, 1, 0, 0])
+    short = ([4, 4, 5], [1, 2, 2], [0, 0, 1])
+    for split in ("train", "valid", "test"):
+        _four_line(tmp_path / f"toy_pid_{split}1.csv", [student] * 3 + ([short] if split == "train" else []))
+    summary = import_three_line(tmp_path, "toy_pid", 1, tmp_path / "out", maxlen=5, min_seq_len=3, name="toy")
+    assert summary["source"]["train"] == {"file": "toy_pid_train1.csv", "students": 4, "interactions": 21,
+                                          "answers": 14}
+    assert summary["dropped"]["train"]["students"] == 1 and summary["num_q"] == 3 and summary["max_concepts"] == 2
+    header, *rows = (tmp_path / "out" / "train_valid.csv").read_text().splitlines()
+    assert header == "fold,uid,questions,concepts,responses,is_repeat"
+    assert rows[0].split(",", 2)[2] == '"0,0,0,0,1,2","0,2,0,2,1,1","1,1,1,1,0,0","0,1,0,1,0,0"'
+    ids = json.loads((tmp_path / "out" / "keyid2idx.json").read_text())
+    assert ids["questions"] == {"7": 0, "8": 1, "9": 2} and ids["max_concepts"] == 2
+    entry = json.loads((tmp_path / "out" / "data_config.json").read_text())["toy"]
+    assert entry["num_q"] == 3 and entry["input_type"] == ["questions", "concepts"]
+    assert (tmp_path / "out" / "test_question_window_sequences.csv").is_file()
+
+
+def test_a_four_line_file_with_a_missing_line_is_refused_naming_it(tmp_path):
+    for split in ("train", "valid", "test"):
+        (tmp_path / f"toy_pid_{split}1.csv").write_text("0,1\n7,7\n1,3\n1,1\n1,2\n8\n2\n")
+    with pytest.raises(DataError, match=r"toy_pid_train1.csv line 5: the last student is incomplete"):
+        import_three_line(tmp_path, "toy_pid", 1, tmp_path / "out", maxlen=5, min_seq_len=3, name="toy")
+    assert not (tmp_path / "out").exists()

@@ -214,3 +214,17 @@ def test_json_output_parses_and_holds_the_verdict(store):
     data = json.loads(compare.report_json(compare.compare_runs(store[0], exp_id)))
     assert data["verdict"] == "differs" and data["exit_code"] == 1 and data["failing"] == ["val/loss"]
     assert {r["name"] for r in data["metrics"]} >= set(BASE)
+
+
+def test_an_evaluation_metric_only_the_reproduction_logs_is_information_one_it_lost_differs(store):
+    """A run evaluated before gakt-eval logged pyKT's names (eval/headline_auc ...) still reproduces identical;
+    an evaluation metric the reproduction lost is a difference."""
+    evaluated = {**BASE, "eval/test_auc": [0.7, 0.7, 0.71]}
+    newer = {**evaluated, "eval/headline_auc": [0.7, 0.7, 0.71]}
+    exp_id, _, _ = pair(store, original_metrics=evaluated, repro_metrics=newer)
+    report = compare.compare_runs(store[0], exp_id)
+    assert report["verdict"] == "identical"
+    row = next(r for r in report["metrics"] if r["name"] == "eval/headline_auc")
+    assert row["status"] == "INFO" and "did not log" in row["note"]
+    exp_id, _, _ = pair(store, original_metrics=newer, repro_metrics=evaluated)
+    assert compare.compare_runs(store[0], exp_id)["failing"] == ["eval/headline_auc"]
