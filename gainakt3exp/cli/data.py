@@ -81,7 +81,8 @@ def list_cmd(names: tuple, data_root) -> None:
 @_errors
 def register_cmd(pykt_config: Path, name, as_name) -> None:
     """Add data sets of a pyKT data_config.json to the user registry; relative dpaths are resolved against
-    that file's folder. Nothing of the project is edited.
+    that file's folder. Concept-level and question-level entries (input_type with questions, num_q) alike. Nothing
+    of the project is edited.
 
     \b
     Example:
@@ -226,7 +227,9 @@ def import_cmd(src: Path, prefix: str, fold: int, out: Path, num_c, maxlen: int,
 @_errors
 def import_pykt_cmd(src: Path, out: Path, name: str, min_seq_len: int, maxlen: int, kfold: int) -> None:
     """Split pyKT's data.txt exactly as pyKT's split_datasets does (80/20 test split and folds with its seed 1024,
-    ids remapped, windows) into OUT, then register it as NAME. Concept-level data only.
+    ids remapped, windows) into OUT, then register it as NAME. Concept-level data, and question-level data with
+    multi-concept questions (`_`-joined concept ids: pyKT's expansion with is_repeat, and its two question test
+    files).
 
     \b
     Example:
