@@ -165,8 +165,8 @@ def main(argv=None) -> None:
 
         class _Keep:  # builds the real model, with hooks that time its forward calls during validation
             @staticmethod
-            def from_params(params, num_c):
-                model = real_model_cls.from_params(params, num_c)
+            def from_params(params, num_c, num_q=0):
+                model = real_model_cls.from_params(params, num_c, num_q)
                 model.register_forward_pre_hook(before_forward)
                 model.register_forward_hook(after_forward)
                 return model

@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/interpretability.py                        # the acceptance configuration
     .venv/bin/python benchmarks/interpretability.py --profile quickstart --epochs 10      # a profile, 10 epochs
     .venv/bin/python benchmarks/interpretability.py --students 800 --skills 1200            # the many-skill preset
+    .venv/bin/python benchmarks/interpretability.py --questions 200 --max_concepts 3       # multi-concept questions
 
 The data: `gakt-data synth` students (--students, --skills, --seed), written to --data_root (a tmp folder by
 default) as the built-in data set `synthetic` (<= 20 skills) or `synthetic_many` (<= 1,200). A run of
@@ -26,6 +27,11 @@ A prediction baseline without a network, `feature_logistic_auc` (test): a logist
 training rows from counts a student's window shows before each step (attempts, correct and wrong answers of the
 skill, overall accuracy and attempts, the skill itself). The oracle knows each student's true mastery; a model
 must infer it from the window, and this baseline says how much of the gap a simple well-specified predictor closes.
+With --questions Q --max_concepts K: question-level students (synthetic.simulate_questions, the built-in set
+synthetic_questions: each question tagged with 1..K concepts, answered by the product of its concepts' true
+mastery); a question with k concepts is k steps, and the four sources are compared per step with the true mastery
+of that step's concept (responses of an answer hidden from its own steps, so none of them reads its label). The
+oracle, Bayes, all-skill and count-regression references follow the concept-level law and are left out (null).
 Prints one JSON line: `auc`, `oracle_auc`, `bayes_auc`, `window_bayes_auc` (test), `truth.<source>.<split>.<stat>`,
 `truth_all_skills.<split>.<stat>`, the parameters and timings.
 """
@@ -73,6 +79,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=None, help="epochs (default: the profile's)")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="parameter override (repeatable), applied after the profiles and --epochs")
+    parser.add_argument("--questions", type=int, default=0,
+                        help="question-level students over this many questions (<= 200; 0: concept-level)")
+    parser.add_argument("--max_concepts", type=int, default=3, help="with --questions: concepts per question, 1..this")
     parser.add_argument("--data_root", default=None, help="where to write the students (default: a tmp folder)")
     parser.add_argument("--threads", type=int, default=machine_cores(),
                         help="torch intra-op CPU threads (default: the cores this process may use)")
@@ -212,6 +221,11 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     profiles = args.profile if args.profile is not None else ACCEPTANCE["profile"]
     dataset = dataset_for(args.skills)
+    if args.questions:
+        if args.skills > 20 or args.questions > 200 or args.max_concepts > 3:
+            raise SystemExit("--questions: the built-in synthetic_questions holds at most 20 skills, 200 questions, 3 "
+                             "concepts per question")
+        dataset = "synthetic_questions"
     tmp = None if args.data_root else Path(tempfile.mkdtemp(prefix="gakt-interp-"))
     root = Path(args.data_root) if args.data_root else tmp
     try:
@@ -221,8 +235,13 @@ def main(argv=None) -> None:
         resolved = resolve_params(overrides, profiles, check=False)  # the data set is written below
         params = resolved.params
         with Timer() as gen_t:
-            info = synthetic.generate_synthetic(root / dataset, students=args.students, skills=args.skills,
-                                                seed=args.seed, maxlen=params["seq_len"])
+            if args.questions:
+                info = synthetic.generate_synthetic_questions(
+                    root / dataset, students=args.students, skills=args.skills, seed=args.seed,
+                    maxlen=params["seq_len"], questions=args.questions, max_concepts=args.max_concepts)
+            else:
+                info = synthetic.generate_synthetic(root / dataset, students=args.students, skills=args.skills,
+                                                    seed=args.seed, maxlen=params["seq_len"])
         resolve_params(overrides, profiles)  # now every check, the data set's included
         device = resolve_device(params["device"])
         best = {}
@@ -230,26 +249,20 @@ def main(argv=None) -> None:
             results = train_model(params, MemorySink(), load_train_data(params),
                                   on_checkpoint=lambda blob: best.update(blob=blob))
         checkpoint = load_checkpoint(best["blob"])
-        model = GainAKT3Exp.from_params(params, checkpoint["num_c"]).to(device)
+        model = GainAKT3Exp.from_params(params, checkpoint["num_c"], checkpoint.get("num_q", 0)).to(device)
         model.load_state_dict(checkpoint["state_dict"])
         spec = data_mod.dataset_spec(dataset, root)
         splits = {s: data_mod.load_split(spec, s, params["fold"], params["seq_len"]) for s in ("valid", "test")}
         with Timer() as measure_t:
             measured = {s: measure_split(model, seqs, params, device) for s, seqs in splits.items()}
-            logistic = feature_logistic_auc(data_mod.load_split(spec, "train", params["fold"], params["seq_len"]),
-                                            splits["test"], spec.num_c)
-            sim = synthetic.simulate_students(args.students, args.skills, args.seed)
-            groups = synthetic.split_students(args.students, args.seed)
-            bayes, window_bayes = bayes_auc(sim, groups["test"], params["seq_len"], measured["test"]["oracle_auc"],
-                                            groups["train_valid"])
-            every = {}
-            if args.skills <= MAX_ALL_SKILLS and model.mastery_head is not None:
-                valid_rows = _fold_rows(spec, params)
-                truth_tv = synthetic.all_skill_truth(sim, groups["train_valid"], params["seq_len"])
-                every = {"valid": measure_all_skills(model, splits["valid"], truth_tv[valid_rows], params, device),
-                         "test": measure_all_skills(model, splits["test"],
-                                                    synthetic.all_skill_truth(sim, groups["test"], params["seq_len"]),
-                                                    params, device)}
+            if args.questions:  # the references follow the concept-level law
+                for m in measured.values():
+                    m["oracle_auc"] = None
+                logistic = bayes = window_bayes = None
+                every = {}
+            else:
+                logistic, bayes, window_bayes, every = concept_references(args, model, spec, splits, measured, params,
+                                                                          device)
         flat = {"auc": measured["test"]["auc"], "oracle_auc": measured["test"]["oracle_auc"],
                 "feature_logistic_auc": logistic, "bayes_auc": bayes, "window_bayes_auc": window_bayes,
                 "valid_auc": measured["valid"]["auc"], "valid_oracle_auc": measured["valid"]["oracle_auc"]}
@@ -267,8 +280,8 @@ def main(argv=None) -> None:
             "best_val_auc": results["best_val_auc"],
             "val_auc_by_epoch": [row.get("val/auc") for row in results["train_history"]["epochs"]],
             "epoch_seconds": [row.get("train/epoch_seconds") for row in results["train_history"]["epochs"]],
-            "data": {k: info[k] for k in ("students", "skills", "seed",
-                                                                                    "interactions")},
+            "data": {k: info[k] for k in ("students", "skills", "seed", "interactions", "questions",
+                                          "max_concepts", "answers") if k in info},
             "measured": measured, "all_skills": every, "peak_rss_mib": peak_rss_kib() / 1024,
             **{k: v for k, v in flat.items() if k in ("auc", "oracle_auc", "feature_logistic_auc", "bayes_auc",
                                                      "window_bayes_auc")}},
@@ -276,6 +289,26 @@ def main(argv=None) -> None:
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def concept_references(args, model, spec, splits: dict, measured: dict, params: dict, device) -> tuple:
+    """The references of concept-level students: feature_logistic_auc, bayes_auc, window_bayes_auc (test) and
+    the every-skill truth statistics (<= MAX_ALL_SKILLS skills, with a mastery head)."""
+    logistic = feature_logistic_auc(data_mod.load_split(spec, "train", params["fold"], params["seq_len"]),
+                                    splits["test"], spec.num_c)
+    sim = synthetic.simulate_students(args.students, args.skills, args.seed)
+    groups = synthetic.split_students(args.students, args.seed)
+    bayes, window_bayes = bayes_auc(sim, groups["test"], params["seq_len"], measured["test"]["oracle_auc"],
+                                    groups["train_valid"])
+    every = {}
+    if args.skills <= MAX_ALL_SKILLS and model.mastery_head is not None:
+        valid_rows = _fold_rows(spec, params)
+        truth_tv = synthetic.all_skill_truth(sim, groups["train_valid"], params["seq_len"])
+        every = {"valid": measure_all_skills(model, splits["valid"], truth_tv[valid_rows], params, device),
+                 "test": measure_all_skills(model, splits["test"],
+                                            synthetic.all_skill_truth(sim, groups["test"], params["seq_len"]),
+                                            params, device)}
+    return logistic, bayes, window_bayes, every
 
 
 def _fold_rows(spec, params) -> np.ndarray:

@@ -126,19 +126,33 @@ def unregister_cmd(name: str) -> None:
 @click.option("--students", required=True, type=click.IntRange(min=5), help="Number of simulated students.")
 @click.option("--skills", required=True, type=click.IntRange(min=1), help="Number of skills (<= num_c).")
 @click.option("--seed", required=True, type=int, help="Seed of the generator (same seed = same files).")
+@click.option("--questions", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Questions (0: concept-level students, one skill per response; > 0: question-level data).")
+@click.option("--max_concepts", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With --questions: each question is tagged with 1..this many concepts.")
 @_errors
-def synth_cmd(out: Path, students: int, skills: int, seed: int) -> None:
-    """Write simulated students with known mastery in pyKT layout (plus the true mastery).
+def synth_cmd(out: Path, students: int, skills: int, seed: int, questions: int, max_concepts: int) -> None:
+    """Write simulated students with known mastery in pyKT layout (plus the true mastery). With --questions, a
+    question-level data set: each question tagged with 1..--max_concepts concepts, answered by the concepts' true
+    mastery (the built-in set synthetic_questions).
 
     \b
     Example:
       gakt-data synth --out data/synthetic --students 1000 --skills 20 --seed 7
+      gakt-data synth --out data/synthetic_questions --students 1000 --skills 20 --questions 200 \\
+          --max_concepts 3 --seed 7
     """
     from gainakt3exp.data.registry import BUILTIN, read_data_config
-    from gainakt3exp.data.synthetic import generate_synthetic
+    from gainakt3exp.data.synthetic import generate_synthetic, generate_synthetic_questions
 
     maxlen = read_data_config(BUILTIN)["synthetic"]["maxlen"]  # the window width the synthetic sets declare (200)
-    summary = generate_synthetic(out, students=students, skills=skills, seed=seed, maxlen=maxlen)
+    if questions:
+        summary = generate_synthetic_questions(out, students=students, skills=skills, seed=seed, maxlen=maxlen,
+                                               questions=questions, max_concepts=max_concepts)
+    else:
+        if max_concepts != 1:
+            raise click.UsageError("--max_concepts goes with --questions (concepts per question)")
+        summary = generate_synthetic(out, students=students, skills=skills, seed=seed, maxlen=maxlen)
     click.echo(f"wrote {out}: " + ", ".join(f"{k} {v}" for k, v in summary.items() if not isinstance(v, dict)))
 
 

@@ -13,6 +13,15 @@ The law (constants below, all recorded in synthetic.json):
 - response ~ Bernoulli(GUESS + (1 - GUESS - SLIP) * p).
 All draws come from numpy's default_rng(seed) in a fixed order, so one seed gives byte-identical files.
 
+With questions (`gakt-data synth --questions Q --max_concepts K`, simulate_questions): a Q-matrix tags each
+question with 1..K distinct concepts (k uniform, concepts uniform), and each question has its own difficulty
+b_q ~ N(0, 1). A block picks a concept; each answer of the block picks a question tagged with it. Each concept c
+of the question has the true mastery p_c above (its n_sc counts the earlier answers that practised c), and
+      P(correct) = GUESS + (1 - GUESS - SLIP) * sigmoid(QUESTION_BASE - b_q) * prod_{c in q} p_c
+(every concept of the question is needed). The files are pyKT's question-level layout (a question with k concepts
+is k steps with is_repeat, questions and is_repeat columns, train_valid.csv, test.csv and the question test files),
+and the truth of each step is p_c of its concept before the answer.
+
 Files (pyKT layout, see gainakt3exp.data): 80% of students (in a seeded random order) go to
 train_valid_sequences.csv with folds 0..4 round-robin, 20% to test_sequences.csv and test_window_sequences.csv.
 The true mastery p of each step is written row for row beside them: true_mastery_sequences.csv (rows of
@@ -52,6 +61,7 @@ TRAIN_VALID_FILE = "train_valid_sequences.csv"
 TEST_FILE = "test_sequences.csv"
 TEST_WINDOW_FILE = "test_window_sequences.csv"
 TRUTH_FILE = "true_mastery_sequences.csv"
+QUESTION_BASE = 2.0  # sigmoid(2 - b_q): a question of average difficulty is solvable 88% of the time by a master
 
 
 def simulate_students(students: int, skills: int, seed: int) -> dict:
@@ -282,5 +292,97 @@ def generate_synthetic(out_dir: Path, students: int, skills: int, seed: int, max
             "seed": seed, "students": students, "skills": skills, "maxlen": maxlen,
             "interactions": int(sim["lengths"].sum()), "mean_correct": round(float(sim["response"].mean()), 6),
             "files": counts, "truth_file": TRUTH_FILE}
+    write_bytes_atomic(out_dir / "synthetic.json", (json.dumps(info, indent=2, sort_keys=True) + "\n").encode())
+    return info
+
+
+def simulate_questions(students: int, skills: int, seed: int, questions: int, max_concepts: int) -> dict:
+    """Draw question-level histories by the module's law (see the module doc). Flat per-step arrays of the
+    expanded steps (an answer to a question with k concepts is k steps), students back to back: student,
+    question, skill, is_repeat, mastery (p_c of the step's concept before the answer), response (the answer's);
+    per student: lengths (steps) and answers; and the Q-matrix (concepts of each question) and b_q."""
+    rng = np.random.default_rng(seed)
+    ability = rng.normal(size=students)
+    difficulty = rng.normal(size=skills)
+    rate = RATE_MEDIAN * np.exp(RATE_SIGMA * rng.normal(size=(students, skills)))
+    tags = [np.sort(rng.choice(skills, size=k, replace=False)) for k in rng.integers(1, max_concepts + 1,
+                                                                                      size=questions)]
+    question_difficulty = rng.normal(size=questions)
+    by_concept = [np.array([q for q in range(questions) if c in tags[q]]) for c in range(skills)]
+    answers = np.rint(np.exp(rng.uniform(np.log(LENGTH_MIN), np.log(LENGTH_MAX), size=students))).astype(np.int64)
+    steps = {k: [] for k in ("student", "question", "skill", "is_repeat", "mastery", "response")}
+    lengths = np.zeros(students, dtype=np.int64)
+    for s in range(students):
+        practice = np.zeros(skills)
+        concept = None
+        for t in range(int(answers[s])):
+            if t == 0 or rng.random() < 1.0 / BLOCK_MEAN:
+                concept = int(rng.integers(skills))
+            pool = by_concept[concept] if len(by_concept[concept]) else np.arange(questions)
+            q = int(pool[rng.integers(len(pool))])
+            cs = tags[q]
+            p = 1.0 / (1.0 + np.exp(-(ability[s] - difficulty[cs] + BASE_LOGIT + rate[s, cs] * practice[cs])))
+            solve = 1.0 / (1.0 + np.exp(-(QUESTION_BASE - question_difficulty[q])))
+            response = int(rng.random() < GUESS + (1 - GUESS - SLIP) * solve * float(np.prod(p)))
+            practice[cs] += 1
+            k = len(cs)
+            steps["student"] += [s] * k
+            steps["question"] += [q] * k
+            steps["skill"] += cs.tolist()
+            steps["is_repeat"] += [0] + [1] * (k - 1)
+            steps["mastery"] += p.tolist()
+            steps["response"] += [response] * k
+            lengths[s] += k
+    out = {k: np.array(v, dtype=np.float64 if k == "mastery" else np.int64) for k, v in steps.items()}
+    return {**out, "lengths": lengths, "answers": answers, "tags": tags, "question_difficulty": question_difficulty,
+            "ability": ability, "difficulty": difficulty, "rate": rate}
+
+
+def generate_synthetic_questions(out_dir: Path, students: int, skills: int, seed: int, maxlen: int, questions: int,
+                                 max_concepts: int) -> dict:
+    """simulate_questions written in pyKT's question-level layout (layout.write_pykt_folder: sequence files with
+    questions and is_repeat, train_valid.csv, test.csv, the two question test files) with the true mastery of
+    every step's concept row for row beside the sequence files; returns the content of synthetic.json."""
+    problems = [f"{k} {v} must be >= {lo}" for k, v, lo in
+                (("students", students, 10), ("skills", skills, 1), ("maxlen", maxlen, 2),
+                 ("questions", questions, 1), ("max_concepts", max_concepts, 1)) if v < lo]
+    if max_concepts > skills:
+        problems.append(f"max_concepts {max_concepts} must be <= skills {skills} (a question's concepts differ)")
+    if problems:
+        raise ConfigError("synthetic data: " + "; ".join(problems))
+    from gainakt3exp.data.layout import write_pykt_folder
+
+    out_dir = Path(out_dir)
+    sim = simulate_questions(students, skills, seed, questions, max_concepts)
+    groups = split_students(students, seed)
+    dicts = {}
+    for group, ids in groups.items():
+        steps = student_steps(sim, ids)
+        dicts[group] = {"uid": ids, "lengths": sim["lengths"][ids], "questions": sim["question"][steps],
+                        "concepts": sim["skill"][steps], "responses": sim["response"][steps],
+                        "is_repeat": sim["is_repeat"][steps], "mastery": sim["mastery"][steps]}
+    folds = np.arange(len(groups["train_valid"])) % N_FOLDS
+    written = write_pykt_folder(out_dir, {k: v for k, v in dicts["train_valid"].items() if k != "mastery"}, folds,
+                                {k: v for k, v in dicts["test"].items() if k != "mastery"}, maxlen, MIN_SEQ_LEN)
+    for group, name, sliding in (("train_valid", TRAIN_VALID_FILE, False), ("test", TEST_FILE, False),
+                                 ("test", TEST_WINDOW_FILE, True)):
+        d = dicts[group]
+        student, start, length = (sliding_windows(d["lengths"], maxlen) if sliding
+                                  else split_windows(d["lengths"], maxlen, MIN_SEQ_LEN))
+        offsets = np.cumsum(d["lengths"]) - d["lengths"]
+        fold = folds if group == "train_valid" else np.full(len(d["uid"]), -1)
+        write_sequence_csv(out_dir / truth_file_name(TRUTH_FILE, name, TRAIN_VALID_FILE), ["fold", "uid", "mastery"],
+                           fold[student], d["uid"][student],
+                           [gather_windows(d["mastery"], offsets, student, start, length, maxlen)])
+    info = {"law": "p_c = sigmoid(a_s - d_c + BASE_LOGIT + lambda_sc * n_sc); P(correct) = GUESS + (1 - GUESS - "
+                   "SLIP) * sigmoid(QUESTION_BASE - b_q) * prod_{c in q} p_c",
+            "constants": {"GUESS": GUESS, "SLIP": SLIP, "BASE_LOGIT": BASE_LOGIT, "RATE_MEDIAN": RATE_MEDIAN,
+                          "RATE_SIGMA": RATE_SIGMA, "LENGTH_MIN": LENGTH_MIN, "LENGTH_MAX": LENGTH_MAX,
+                          "BLOCK_MEAN": BLOCK_MEAN, "TEST_SHARE": TEST_SHARE, "N_FOLDS": N_FOLDS,
+                          "MIN_SEQ_LEN": MIN_SEQ_LEN, "QUESTION_BASE": QUESTION_BASE},
+            "seed": seed, "students": students, "skills": skills, "questions": questions,
+            "max_concepts": max_concepts, "maxlen": maxlen, "answers": int(sim["answers"].sum()),
+            "interactions": int(sim["lengths"].sum()), "mean_correct": round(float(sim["response"].mean()), 6),
+            "files": written, "truth_file": TRUTH_FILE}
     write_bytes_atomic(out_dir / "synthetic.json", (json.dumps(info, indent=2, sort_keys=True) + "\n").encode())
     return info

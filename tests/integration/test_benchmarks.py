@@ -115,3 +115,18 @@ def test_dkt_baseline_trains_the_field_baseline_on_a_runs_splits_and_repeats_its
         assert 0.6 < results[key] < 0.9, (key, results[key])  # 120 students: it learns (measured ~0.72)
     for key in ("val_auc_by_epoch", "test_auc", "test_window_auc"):
         assert second["results"][key] == results[key]  # seeded: the same command gives the same AUCs
+
+
+def test_interpretability_measures_mastery_against_truth_on_multi_concept_questions(tmp_path):
+    (line,) = _run("interpretability.py", "--profile", "tiny", "--students", "80", "--skills", "6", "--questions",
+                   "12", "--max_concepts", "3", "--epochs", "1", "--override", "question_embedding=rasch",
+                   "--data_root", str(tmp_path))
+    r = line["results"]
+    assert r["data"]["questions"] == 12 and r["data"]["max_concepts"] == 3
+    assert r["data"]["answers"] < r["data"]["interactions"]  # multi-concept answers are several steps
+    assert line["params"]["dataset"] == "synthetic_questions" and line["params"]["question_embedding"] == "rasch"
+    assert r["oracle_auc"] is None and r["bayes_auc"] is None and r["feature_logistic_auc"] is None
+    for source in ("mastery", "prediction", "practice_count", "running_accuracy"):
+        truth = r["measured"]["test"]["truth"][source]
+        assert -1 <= truth["pooled"] <= 1 and truth["steps"] > 100
+    assert 0 < r["auc"] < 1

@@ -212,3 +212,35 @@ def test_the_window_bayes_prediction_infers_the_practice_a_continued_window_hide
     auc = {name: stats.roc_auc(y[continued], p[continued]) for name, p in
            (("mixed", mixed[in_window]), ("whole", whole[in_window]), ("history", history[scored]))}
     assert auc["whole"] < auc["mixed"] < auc["history"], auc
+
+
+def test_synthetic_questions_are_question_level_pykt_files_with_each_concepts_truth(tmp_path):
+    from gainakt3exp.data.synthetic import generate_synthetic_questions
+
+    info = generate_synthetic_questions(tmp_path / "a", students=40, skills=6, seed=3, maxlen=50, questions=12,
+                                        max_concepts=3)
+    again = generate_synthetic_questions(tmp_path / "b", students=40, skills=6, seed=3, maxlen=50, questions=12,
+                                         max_concepts=3)
+    for name in ("train_valid_sequences.csv", "test_question_window_sequences.csv", "true_mastery_sequences.csv"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()  # one seed, one file
+    assert info == again and info["answers"] < info["interactions"]
+    tv = data.read_sequences(tmp_path / "a" / "train_valid_sequences.csv", 6, 50, num_q=12,
+                             truth_path=tmp_path / "a" / "true_mastery_sequences.csv")
+    real = tv.concepts != -1
+    assert np.isfinite(tv.truth[real]).all() and ((tv.truth[real] >= 0) & (tv.truth[real] <= 1)).all()
+    # a question always carries the same concepts, each once per answer
+    tags = {}
+    starts = real & ~tv.is_repeat
+    for row in range(len(tv)):
+        cut = np.flatnonzero(starts[row])
+        for a, b in zip(cut, np.append(cut[1:], tv.lengths[row])):
+            concepts = tuple(sorted(tv.concepts[row, a:b]))
+            assert len(set(concepts)) == len(concepts) <= 3
+            whole = (a > 0 or not tv.is_repeat[row, 0]) and (b < 50 or tv.lengths[row] < 50)  # not cut by a window
+            if whole:
+                assert tags.setdefault(int(tv.questions[row, a]), concepts) == concepts
+    # a concept's true mastery never falls within a student's row: it grows with each answer that practises it
+    for row in range(len(tv)):
+        for c in range(6):
+            values = tv.truth[row][real[row] & (tv.concepts[row] == c)]
+            assert (np.diff(values) >= -1e-4).all()
