@@ -87,7 +87,7 @@ def test_a_fold_the_data_set_lacks_is_refused_listing_its_folds(synthetic_root, 
 def test_an_unknown_dataset_is_refused_listing_the_known_ones(synthetic_root, store_dir, user_registry):
     result = _launch(synthetic_root, "--dataset", "nope")
     _refused(result, store_dir,
-             "dataset='nope': unknown; known datasets: assist2015, synthetic, synthetic_many (built-in, "
+             "dataset='nope': unknown; known datasets: assist2015, synthetic, synthetic_many, synthetic_questions (built-in, "
              f"configs/data_config.json); none in the user registry {user_registry}; see gakt-data list")
 
 
@@ -184,7 +184,7 @@ def test_a_malformed_data_file_is_refused_naming_file_line_and_problem(synthetic
 def test_listing_an_unknown_data_set_is_refused_listing_the_known_ones(user_registry):
     result = invoke("data", "list", "nope")
     assert result.exit_code == 2
-    assert ("error: data set 'nope' is unknown; known data sets: assist2015, synthetic, synthetic_many (built-in, "
+    assert ("error: data set 'nope' is unknown; known data sets: assist2015, synthetic, synthetic_many, synthetic_questions (built-in, "
             f"configs/data_config.json); none in the user registry {user_registry}; see gakt-data list") \
         in result.output
 

@@ -128,7 +128,7 @@ def test_list_shows_every_set_its_source_and_files(synthetic_root, pykt_home, us
     result = invoke("data", "list", "--data_root", str(synthetic_root))
     assert result.exit_code == 0, result.output
     rows = {line.split()[0]: line.split() for line in result.output.splitlines()[1:-1]}
-    assert set(rows) == {"assist2015", "synthetic", "synthetic_many", "toy"}
+    assert set(rows) == {"assist2015", "synthetic", "synthetic_many", "synthetic_questions", "toy"}
     assert rows["synthetic"][1:5] == ["built-in", "20", "200", "ok"]
     assert rows["toy"][1:5] == ["user", "20", "200", "ok"] and rows["toy"][5] == str(pykt_home / "data" / "toy")
     assert rows["assist2015"][4:6] == ["folder", "missing"]
