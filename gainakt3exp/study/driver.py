@@ -29,15 +29,10 @@ from gainakt3exp.service import record as run_record
 from gainakt3exp.study import engine, lifecycle
 from gainakt3exp.study import report as study_report
 from gainakt3exp.study.plan import Plan, Slot, child_title, definition, launch_line, plan_from_definition
-from gainakt3exp.tracking.tags import TAG_STUDY_ID
+from gainakt3exp.tracking.tags import TAG_ATTEMPT, TAG_POINT, TAG_POINT_VALUES, TAG_SLOT, TAG_STUDY_ID, TAG_STUDY_RUN
 
 STUDY_KINDS = ("study", "search")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no download bars between progress lines
-TAG_STUDY_RUN = tracking.TAG_STUDY_RUN
-TAG_SLOT = tracking.TAG_SLOT
-TAG_ATTEMPT = tracking.TAG_ATTEMPT
-TAG_POINT = tracking.TAG_POINT
-TAG_POINT_VALUES = tracking.TAG_POINT_VALUES
 
 
 # --- the runs ------------------------------------------------------------------------------------------------------

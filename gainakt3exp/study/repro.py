@@ -16,12 +16,6 @@ from gainakt3exp.service import record, reproduce
 from gainakt3exp.study import engine, lifecycle
 from gainakt3exp.study.driver import (
     STUDY_KINDS,
-    TAG_ATTEMPT,
-    TAG_POINT,
-    TAG_POINT_VALUES,
-    TAG_SLOT,
-    TAG_STUDY_ID,
-    TAG_STUDY_RUN,
     Child,
     create_guarded,
     create_parent,
@@ -30,6 +24,14 @@ from gainakt3exp.study.driver import (
     make_task,
 )
 from gainakt3exp.study.plan import Plan, Slot
+from gainakt3exp.tracking.tags import (
+    TAG_ATTEMPT,
+    TAG_POINT,
+    TAG_POINT_VALUES,
+    TAG_SLOT,
+    TAG_STUDY_ID,
+    TAG_STUDY_RUN,
+)
 
 
 def reproduce_study(client, parent, evaluate: bool, echo=print) -> int:

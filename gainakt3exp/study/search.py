@@ -216,9 +216,9 @@ def _trials(client, optuna_study, space, base: Plan, trials, per_trial, experime
         trial_run = trial._trial_id  # MlflowStorage: the trial's MLflow run, nested under the search's parent
         client.update_run(trial_run, name=f"{base.short_title}-t{number}")
         tracking.MlflowSink(client, trial_run).set_tags({
-            tracking.TAG_KIND: "trial", study.TAG_STUDY_ID: study_id, study.TAG_STUDY_RUN: parent_id,
+            tracking.TAG_KIND: "trial", tracking.TAG_STUDY_ID: study_id, tracking.TAG_STUDY_RUN: parent_id,
             tracking.TAG_TITLE: base.short_title, tracking.TAG_OUTCOME: "running", tracking.TAG_TRIAL: str(number),
-            study.TAG_POINT_VALUES: json.dumps(values, sort_keys=True), **study.driver_tags()})
+            tracking.TAG_POINT_VALUES: json.dumps(values, sort_keys=True), **study.driver_tags()})
         row = {"trial": number, "run_id": trial_run, "values": values, "value": None, "state": "FAIL", "reason": ""}
         table.append(row)
         try:
