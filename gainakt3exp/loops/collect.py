@@ -112,6 +112,43 @@ def collect_outputs(model: torch.nn.Module, seqs: Any, rows: np.ndarray, batch_s
     return select_rows(out, np.argsort(order, kind="stable"))  # back to the order of `rows`
 
 
+def collect_students(model: torch.nn.Module, seqs: Any, rows: np.ndarray, device: Any) -> list[dict]:
+    """Every skill's mastery along a few rows (students), for pictures: one normal forward with the mastery head
+    (eval mode, no_grad; the model's mode is restored), the full (L, C) mastery kept per row. Meant for a handful of
+    rows: it holds (rows, L, C) floats at once.
+
+    Per row, over its n valid steps (mask mu_t; a row of k interactions has n = k - 1, the last answer having no
+    next step in a batch): {"label": "student <uid> (row <row>)", "row": int, "concepts": c_t (n,) int64,
+    "responses": r_t (n,) int64 as in the file (never the HIDDEN token of a multi-concept answer),
+    "mastery": m_t (n, C) float32, the mastery of every skill after step t}.
+    A model without a mastery head has nothing to show: ConfigError.
+    """
+    if getattr(model, "mastery_head", None) is None:
+        raise ConfigError("the model has no mastery head (use_mastery_head false): there is no mastery per skill "
+                          "to collect; fix: use a run trained with use_mastery_head true")
+    rows = np.asarray(rows, dtype=np.int64)
+    if rows.size == 0:
+        return []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            b = data.make_batch(seqs, rows, device)
+            o = model(b.c, b.r, b.q, **data.question_inputs(b))
+    finally:
+        model.train(was_training)
+    m = o.mastery.float().cpu().numpy()  # (R, L, C)
+    n_steps = b.mask.sum(1).cpu().numpy()  # (R,); valid steps are a prefix of each row
+    students = []
+    for i, row in enumerate(rows):  # a handful of rows
+        n = int(n_steps[i])
+        students.append({"label": f"student {int(seqs.uids[row])} (row {int(row)})", "row": int(row),
+                         "concepts": seqs.concepts[row, :n].astype(np.int64),
+                         "responses": seqs.responses[row, :n].astype(np.int64),
+                         "mastery": np.ascontiguousarray(m[i, :n])})
+    return students
+
+
 # ------------------------------------------------------------------------------------ entry points
 
 def prediction_metrics(model: torch.nn.Module, seqs: Any, batch_size: int, device: Any, *,

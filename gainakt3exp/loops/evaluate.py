@@ -1,24 +1,34 @@
 """Evaluation of a trained model on every split of its data set (the loop behind `gakt-eval`).
 
-    results = evaluate_model(params, checkpoint, max_correlation_students=300, batch_size=64, device_name="cpu")
+    results, pictures = evaluate_model(params, checkpoint, max_correlation_students=300, batch_size=64,
+                                       device_name="cpu")
     results["test_window_auc"]
 
 Pure evaluation: it never imports mlflow. service.evaluation.evaluate_run reads the checkpoint from a run, calls this, and
 records the results in the run (metrics `eval/<split>_<name>`, eval_results.json, config_eval.json,
-metrics_epoch_eval.csv).
+metrics_epoch_eval.csv) and draws the pictures (mastery_*.png, service/plots.py).
 """
 from __future__ import annotations
 
 import time
+from typing import NamedTuple, Optional
 
 from gainakt3exp.data import sequences as data_mod
 
+PICTURE_STUDENTS = 4  # test students drawn in mastery_students.png
+
+
+class Evaluation(NamedTuple):
+    results: dict  # numbers only: logged as eval/* metrics and eval_results.json
+    pictures: Optional[dict]  # arrays the mastery pictures draw (mastery_pictures); None without a mastery head
+
 
 def evaluate_model(params: dict, checkpoint: dict, *, max_correlation_students: int, batch_size: int,
-                   device_name: str) -> dict:
+                   device_name: str) -> Evaluation:
     """AUC/accuracy on train, valid, test and the pyKT window test; true-mastery correlations (pooled and within
     students, data with a truth file) on every row of train, valid and test; mastery/gain correlations on the
-    first max_correlation_students rows of train and test."""
+    first max_correlation_students rows of train and test. Beside these results, the inputs of the mastery
+    pictures from the test split (mastery_pictures), kept out of results, which holds numbers only."""
     import numpy as np
     import torch
 
@@ -34,6 +44,7 @@ def evaluate_model(params: dict, checkpoint: dict, *, max_correlation_students: 
     model.load_state_dict(checkpoint["state_dict"])
     model.eval()
     results: dict = {"checkpoint_epoch": checkpoint["epoch"], "checkpoint_val_auc": checkpoint["val_auc"]}
+    pictures = None
     start = time.perf_counter()
     with torch.no_grad():
         for split in ("train", "valid", "test", "test_window"):
@@ -41,6 +52,8 @@ def evaluate_model(params: dict, checkpoint: dict, *, max_correlation_students: 
             # one reduced pass over every row: logits and the per-step mastery the truth metrics read
             out = collect_outputs(model, seqs, np.arange(len(seqs)), batch_size, device, per_skill=False,
                                   interpretation=split != "test_window")
+            if split == "test":
+                pictures = mastery_pictures(model, seqs, out, device)
             pred = prediction_from_outputs(out, use_score_mask=split == "test_window")
             for key in ("auc", "accuracy", "loss", "n"):
                 results[f"{split}_{key}"] = pred[key]
@@ -54,7 +67,45 @@ def evaluate_model(params: dict, checkpoint: dict, *, max_correlation_students: 
                     results[f"{split}_{key}"] = sem.get(key)
         results.update(pykt_metrics(model, spec, results, batch_size, device))
     results["eval_seconds"] = time.perf_counter() - start
-    return results
+    return Evaluation(results, pictures)
+
+
+def mastery_pictures(model, seqs, out: dict, device, n_students: int = PICTURE_STUDENTS) -> Optional[dict]:
+    """What the mastery pictures draw, from one split (`seqs`) and its collected outputs (`out`, every row in file
+    order, with interpretation); None when the model has no mastery head.
+
+    - students: collect_students of the n_students rows of distinct students with the most valid steps
+      (metrics.stats.longest_students: longest first, ties by row order), every skill's mastery at every step;
+    - calibration: over every valid step (the steps of <split>_auc), mastery = m_t[c_{t+1}] (the mastery of the
+      concept about to be answered), predicted = sigmoid(logit), y = r_{t+1};
+    - truth (data with a truth file, else None): the first of those students with a finite truth: label, learned
+      m_t[c_{t+1}], truth p*_t[c_{t+1}] (NaN where none) and y = r_{t+1} over its valid steps.
+    """
+    import numpy as np
+    import torch
+
+    from gainakt3exp.loops.collect import collect_students
+    from gainakt3exp.metrics.stats import longest_students
+
+    if out["target_mastery"] is None or getattr(model, "mastery_head", None) is None:
+        return None
+    rows = longest_students(seqs.lengths, seqs.uids, n_students)
+    students = collect_students(model, seqs, rows, device)
+    valid = out["mask"]
+    calibration = {"mastery": out["target_mastery"][valid].double().numpy(),
+                   "predicted": torch.sigmoid(out["logits"][valid].double()).numpy(),
+                   "y": out["y"][valid].double().numpy()}
+    truth = None
+    if out["truth"] is not None:
+        for student in students:
+            row = student["row"]
+            steps = out["mask"][row]
+            if bool(torch.isfinite(out["truth"][row][steps]).any()):
+                truth = {"label": student["label"], "learned": out["target_mastery"][row][steps].double().numpy(),
+                         "truth": out["truth"][row][steps].double().numpy(),
+                         "y": out["y"][row][steps].numpy().astype(np.int64)}
+                break
+    return {"students": students, "calibration": calibration, "truth": truth}
 
 
 def pykt_metrics(model, spec, results: dict, batch_size: int, device) -> dict:

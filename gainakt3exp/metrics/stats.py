@@ -52,6 +52,33 @@ def accuracy(y: np.ndarray, p: np.ndarray) -> float:
     return float(np.mean((p >= 0.5) == (y > 0.5)))
 
 
+def reliability_bins(p: np.ndarray, y: np.ndarray, bins: int = 10) -> dict[str, np.ndarray]:
+    """A reliability diagram's numbers: p (a probability per step) cut into `bins` equal-count bins (deciles for
+    bins=10) and, per bin, the mean p against the observed rate of y = 1.
+
+    edges e_0..e_B = np.quantile(p, b / B) (linear interpolation; e_0 = min p, e_B = max p); step i falls in bin b
+    when e_b <= p_i < e_{b+1}, the last bin also holding p_i = e_B (ties at an edge go to the higher bin, so a bin
+    can be empty when many p are equal). Returns float64 arrays: edges (B + 1,), mean_p, rate (B,) (nan where the
+    bin is empty), count (B,) int64; count sums to n. Empty p: edges nan, counts 0.
+    """
+    if bins < 1:
+        raise ValueError(f"bins={bins}: must be >= 1")
+    p = np.asarray(p, dtype=np.float64).ravel()
+    y = np.asarray(y, dtype=np.float64).ravel()
+    assert p.shape == y.shape, (p.shape, y.shape)
+    if p.size == 0:
+        nan = np.full(bins, np.nan)
+        return {"edges": np.full(bins + 1, np.nan), "mean_p": nan, "rate": nan.copy(),
+                "count": np.zeros(bins, dtype=np.int64)}
+    edges = np.quantile(p, np.arange(bins + 1) / bins)
+    b = np.searchsorted(edges[1:-1], p, side="right")  # (n,) bin of each step, 0..B-1
+    count = np.bincount(b, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_p = np.bincount(b, weights=p, minlength=bins) / count
+        rate = np.bincount(b, weights=y > 0.5, minlength=bins) / count
+    return {"edges": edges, "mean_p": mean_p, "rate": rate, "count": count.astype(np.int64)}
+
+
 FUSIONS = ("late_mean", "late_vote", "late_all")
 
 
@@ -318,3 +345,13 @@ def stratified_rows(lengths: np.ndarray, n: int, bins: int = 10) -> np.ndarray:
         pos = np.floor((np.arange(k) + 0.5) * (len(chunk) / max(k, 1))).astype(np.int64)
         picked.append(chunk[pos])
     return np.sort(np.concatenate(picked))
+
+
+def longest_students(lengths: np.ndarray, uids: np.ndarray, n: int) -> np.ndarray:
+    """n row indices of distinct students with the longest rows, deterministically (no RNG): rows ordered by
+    (length descending, row index), the first row of each uid kept (a long history cut into windows is one student),
+    the first n of those, in that order. Fewer when there are fewer students."""
+    lengths = np.asarray(lengths)
+    order = np.lexsort((np.arange(lengths.shape[0]), -lengths))
+    _, first = np.unique(np.asarray(uids)[order], return_index=True)  # first position of each uid in `order`
+    return order[np.sort(first)][:max(n, 0)]

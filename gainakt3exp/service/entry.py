@@ -12,7 +12,7 @@ crash FAILED; `gakt.outcome` keeps the truth even where `mlflow run` later overw
 `eval` (the `eval` entry point, also `gakt-eval`): rebuilds the model from the run's logged parameters (so
 architecture mismatches cannot happen), loads model_best.pth weights-only, runs evaluate.evaluate_model and
 records metrics `eval/<split>_<name>` and eval_results.json, eval_table.json (a split x metric table),
-config_eval.json, metrics_epoch_eval.csv in the run.
+config_eval.json, metrics_epoch_eval.csv and the mastery pictures mastery_*.png in the run.
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Evaluation of a recorded run (gakt-eval and the MLproject `eval` entry point): its best checkpoint on train, valid,
-test and the window test, logged as eval/* to the run, with eval_table.json."""
+test and the window test, logged as eval/* to the run, with eval_table.json and the mastery pictures (mastery_*.png)."""
 from __future__ import annotations
 
 import os
@@ -31,8 +31,9 @@ def evaluate_run(client, ref: str, *, max_correlation_students: int | None = Non
         "device": device or params["device"],
     }
     echo(f"evaluating run {run_id} (best epoch {checkpoint['epoch']}) with {settings}")
-    results = evaluate_model(params, checkpoint, max_correlation_students=settings["max_correlation_students"],
-                             batch_size=settings["batch_size"], device_name=settings["device"])
+    results, pictures = evaluate_model(params, checkpoint,
+                                       max_correlation_students=settings["max_correlation_students"],
+                                       batch_size=settings["batch_size"], device_name=settings["device"])
     metrics = {f"eval/{k}": float(v) for k, v in results.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v}
     sink = tracking.MlflowSink(client, run_id)
@@ -44,11 +45,46 @@ def evaluate_run(client, ref: str, *, max_correlation_students: int | None = Non
     csv_text = metrics_csv([{"epoch": checkpoint["epoch"], **metrics}])
     tracking.publish_bytes(client, run_id, "metrics_epoch_eval.csv", csv_text.encode())
     tracking.publish_bytes(client, run_id, EVAL_TABLE, tracking.json_bytes(eval_table(results)))
+    for name, png in mastery_picture_files(pictures).items():
+        tracking.publish_bytes(client, run_id, name, png)
+    echo(_pictures_line(pictures))
     protocol = "pykt-question" if "windowauclate_mean" in results else "pykt-concept"  # what headline_auc is
     sink.set_tags({tracking.TAG_EVALUATED: "true", tracking.TAG_EVAL_PROTOCOL: protocol,
                    **_table_artifact_tag(run, EVAL_TABLE)})
     _tag_entry_point_run(client, run_id, metrics, checkpoint["epoch"])
     return results
+
+
+MASTERY_PICTURES = ("mastery_students.png", "mastery_calibration.png", "mastery_truth.png")
+
+
+def mastery_picture_files(pictures: dict | None) -> dict[str, bytes]:
+    """The mastery pictures of an evaluation (loops.evaluate.mastery_pictures) as {artifact name: PNG bytes}:
+    mastery_students.png and mastery_calibration.png, and mastery_truth.png on data with a truth file; none
+    without a mastery head (pictures None)."""
+    from gainakt3exp.service import plots
+
+    if pictures is None:
+        return {}
+    cal = pictures["calibration"]
+    files = {"mastery_students.png": plots.mastery_students_png(pictures["students"],
+                                                                "Mastery per concept, test students"),
+             "mastery_calibration.png": plots.mastery_calibration_png(cal["mastery"], cal["predicted"], cal["y"])}
+    truth = pictures["truth"]
+    if truth is not None:
+        files["mastery_truth.png"] = plots.mastery_truth_png(truth["label"], truth["learned"], truth["truth"],
+                                                             truth["y"])
+    return files
+
+
+def _pictures_line(pictures: dict | None) -> str:
+    if pictures is None:
+        return "mastery pictures skipped: the model has no mastery head (use_mastery_head false)"
+    drawn = [n for n in MASTERY_PICTURES if n != "mastery_truth.png" or pictures["truth"] is not None]
+    rows = ", ".join(str(s["row"]) for s in pictures["students"])
+    return (f"mastery pictures: {', '.join(drawn)} (test rows {rows})"
+            + ("" if pictures["truth"] is not None else "; no mastery_truth.png: no true mastery for these students "
+               "(the data set has no truth file)"))
 
 
 EVAL_TABLE = "eval_table.json"

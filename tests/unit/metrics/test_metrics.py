@@ -423,3 +423,37 @@ def test_late_fusion_of_a_hand_made_table_follows_pykts_definitions():
     assert metrics["auclate_all"] == 1.0  # positives 0.2, 0.3, 0.675 all above negatives 0.1, 0.1235
     assert metrics["acclate_vote"] == pytest.approx(3 / 5) and metrics["answers"] == 5  # 0.65 and 0.3 wrong
     assert metrics["aucconcepts"] == pytest.approx(pytest.importorskip("sklearn.metrics").roc_auc_score(y, p))
+
+
+# --- reliability bins and the students drawn by gakt-eval --------------------------------------------------------
+
+def test_reliability_bins_match_a_hand_computation():
+    p = np.array([0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75, 0.85, 0.95])
+    y = np.array([0, 0, 0, 1, 0, 1, 1, 0, 1, 1])
+    got = stats.reliability_bins(p, y, bins=5)  # quintile edges 0.05, 0.23, 0.41, 0.59, 0.77, 0.95: two per bin
+    np.testing.assert_allclose(got["edges"], [0.05, 0.23, 0.41, 0.59, 0.77, 0.95])
+    assert got["count"].tolist() == [2, 2, 2, 2, 2] and got["count"].sum() == p.size
+    np.testing.assert_allclose(got["mean_p"], [0.10, 0.30, 0.50, 0.70, 0.90])
+    np.testing.assert_allclose(got["rate"], [0.0, 0.5, 0.5, 0.5, 1.0])
+
+
+def test_reliability_bins_put_ties_at_an_edge_in_the_higher_bin():
+    p = np.array([0.2, 0.2, 0.2, 0.2, 0.9, 1.0, 1.0, 1.0, 1.0, 1.0])
+    y = np.array([0, 0, 1, 0, 1, 1, 1, 0, 1, 1])
+    got = stats.reliability_bins(p, y, bins=4)  # edges 0.2, 0.2, 0.95, 1.0, 1.0
+    assert got["count"].tolist() == [0, 5, 0, 5] and got["count"].sum() == p.size
+    assert math.isnan(got["mean_p"][0]) and math.isnan(got["rate"][2])
+    np.testing.assert_allclose(got["mean_p"][[1, 3]], [(0.8 + 0.9) / 5, 1.0])
+    np.testing.assert_allclose(got["rate"][[1, 3]], [2 / 5, 4 / 5])
+
+
+def test_reliability_bins_of_no_steps_are_empty():
+    got = stats.reliability_bins(np.zeros(0), np.zeros(0))
+    assert got["count"].tolist() == [0] * 10 and np.isnan(got["mean_p"]).all()
+
+
+def test_longest_students_take_one_row_per_student_longest_first():
+    lengths = np.array([50, 200, 200, 30, 200, 120])
+    uids = np.array([7, 1, 1, 2, 3, 4])  # rows 1 and 2: one student's history cut into windows
+    assert stats.longest_students(lengths, uids, 3).tolist() == [1, 4, 5]
+    assert stats.longest_students(lengths, uids, 10).tolist() == [1, 4, 5, 0, 3]

@@ -1,5 +1,11 @@
-"""The evaluation table a run shows in the MLflow UI (eval_table.json): a row per split, a column per metric."""
-from gainakt3exp.service.evaluation import eval_table
+"""What gakt-eval records in a run: the evaluation table (eval_table.json, a row per split, a column per metric) and
+the mastery pictures (mastery_*.png), on a run recorded in a real local store with an untrained tiny model."""
+from gainakt3exp import tracking
+from gainakt3exp.config.choices import format_value
+from gainakt3exp.config.params import resolve_params
+from gainakt3exp.service.evaluation import eval_table, evaluate_run
+
+PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def test_eval_table_has_a_row_per_split_and_a_column_per_metric():
@@ -7,3 +13,46 @@ def test_eval_table_has_a_row_per_split_and_a_column_per_metric():
                         "valid_auc": 0.69, "valid_mastery_correlation": float("nan"), "test_mastery_correlation": 0.1})
     assert table == {"columns": ["split", "auc", "n", "mastery_correlation"],
                      "data": [["valid", 0.69, None, None], ["test", 0.7123, 10, 0.1], ["test_window", 0.7, None, None]]}
+
+
+def _recorded_run(client, params: dict) -> str:
+    """A run as training leaves it (params and model_best.pth) with untrained weights: evaluation needs no more."""
+    from mlflow.entities import Param
+
+    from gainakt3exp.loops.checkpoint import checkpoint_bytes
+    from gainakt3exp.model.network import GainAKT3Exp
+
+    run_id = client.create_run(tracking.ensure_experiment(client, "eval-pictures")).info.run_id
+    client.log_batch(run_id, params=[Param(k, format_value(v)) for k, v in params.items()])
+    model = GainAKT3Exp.from_params(params, 20)
+    tracking.publish_bytes(client, run_id, "model_best.pth", checkpoint_bytes(model, params, 20, 1, 0.5))
+    return run_id
+
+
+def _artifacts(client, run_id: str) -> dict[str, bytes]:
+    return {f.path: tracking.download_text(client, run_id, f.path) for f in client.list_artifacts(run_id)
+            if f.path.endswith(".png")}
+
+
+def test_evaluation_publishes_the_mastery_pictures_on_synthetic_data(client, synthetic_root, monkeypatch):
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    params = resolve_params({"data_root": str(synthetic_root)}, ["tiny"]).params
+    run_id = _recorded_run(client, params)
+    lines = []
+    evaluate_run(client, run_id, echo=lines.append)
+    pngs = _artifacts(client, run_id)
+    assert set(pngs) == {"mastery_students.png", "mastery_calibration.png", "mastery_truth.png"}
+    assert all(data.startswith(PNG) for data in pngs.values())
+    assert any(line.startswith("mastery pictures: mastery_students.png, mastery_calibration.png, "
+                               "mastery_truth.png (test rows ") for line in lines), lines
+
+
+def test_evaluation_without_a_mastery_head_skips_the_pictures_and_says_so(client, synthetic_root, monkeypatch):
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    params = resolve_params({"data_root": str(synthetic_root)}, ["tiny", "pure-bce"]).params
+    run_id = _recorded_run(client, params)
+    lines = []
+    results = evaluate_run(client, run_id, echo=lines.append)
+    assert results["test_auc"] == results["test_auc"]  # the evaluation itself ran
+    assert _artifacts(client, run_id) == {}
+    assert "mastery pictures skipped: the model has no mastery head (use_mastery_head false)" in lines
