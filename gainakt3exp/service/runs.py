@@ -130,13 +130,17 @@ def list_runs(client, limit: int = 20, experiment_name: str | None = None) -> li
     Each row: run_id, run_name, exp_id (6 digits), short_title, kind, status (MLflow), outcome (gakt.outcome),
     start_time (ms) and started (local 'YYYY-MM-DD HH:MM'), best_val_auc, epochs (last val/auc step),
     test_auc (eval/test_auc or None), reproduced ('-'/'matched'/'differs'/<repro outcome> for originals, '' for
-    reproductions) and reproduction_of (the original's run id, reproductions only).
+    reproductions), reproduction_of (the original's run id, reproductions only) and registered (the Model
+    Registry versions of its model: "NAME v2 @champion", comma-separated, '' if none).
     Studies are rows of their own (kind study/search; best_val_auc = the mean over the best point's children,
     children = 'finished/total'); their children and trials are not listed (gakt-study show lists them).
     """
     if not isinstance(limit, int) or limit < 1:
         raise ConfigError(f"limit {limit!r}: must be a whole number >= 1, e.g. --limit 20")
+    from gainakt3exp.service.models import registrations
+
     rows = []
+    registered = registrations(client)
     latest_repro: dict[str, object] = {}  # original run id -> its newest reproduction
     for run in _iter_runs(client, _experiment_ids(client, experiment_name)):
         if is_evaluation(run) or is_study_member(run):
@@ -158,6 +162,7 @@ def list_runs(client, limit: int = 20, experiment_name: str | None = None) -> li
                          if tracking.TAG_TOTAL in tags else ""),
             "reproduced": "" if repro_of else reproduction_state(run, latest_repro.get(run.info.run_id)),
             "reproduction_of": repro_of,
+            "registered": ", ".join(registered.get(run.info.run_id, [])),
         })
         if len(rows) >= limit:
             break
@@ -176,12 +181,12 @@ def latest_training_exp_id(client, experiment_name: str | None = None) -> str:
 _COLUMNS = (("exp_id", "id", 6), ("short_title", "title", 16), ("kind", "kind", 5), ("status", "status", 8),
             ("outcome", "outcome", 8), ("started", "started", 16), ("best_val_auc", "best val AUC", 12),
             ("epochs", "epochs", 6), ("test_auc", "test AUC", 8), ("reproduced", "repro", 7),
-            ("children", "children", 8), ("run_id", "run id", 32))
+            ("children", "children", 8), ("run_id", "run id", 32), ("registered", "registered", 10))
 
 
 def _cell(key: str, value) -> str:
     if value is None or value == "":
-        return "-" if key not in ("reproduced", "children") else ""
+        return "-" if key not in ("reproduced", "children", "registered") else ""
     if key in ("best_val_auc", "test_auc"):
         return f"{value:.4f}"
     return str(value)

@@ -29,24 +29,29 @@ def run_training(params: dict) -> dict:
     import mlflow
 
     run_id = os.environ.get("MLFLOW_RUN_ID")
+    system = bool(params["log_system_metrics"])  # explicit either way: MLflow's environment switch does not decide
     with tracking.whole_call():
         if run_id is None:
             exp_id = tracking.ensure_experiment(client, tracking.experiment_name())
-            run = mlflow.start_run(experiment_id=exp_id)
+            run = mlflow.start_run(experiment_id=exp_id, log_system_metrics=system)
         else:
-            run = mlflow.start_run()
+            run = mlflow.start_run(log_system_metrics=system)
     run_id = run.info.run_id
     sink = tracking.MlflowSink(client, run_id)
     with tracking.interruptions(lambda name: Interrupted(f"received {name}")):
         try:
             _record_run(client, run_id, resolved, data)
             _report_objective(sink, params)
-            results = train_model(
-                params, sink, data,
-                on_checkpoint=lambda blob: tracking.publish_bytes(client, run_id, "model_best.pth", blob),
-                on_epoch=_echo_epoch,
-            )
+            best: dict = {}
+
+            def on_checkpoint(blob: bytes) -> None:
+                tracking.publish_bytes(client, run_id, "model_best.pth", blob)
+                best["checkpoint"] = blob
+
+            results = train_model(params, sink, data, on_checkpoint=on_checkpoint, on_epoch=_echo_epoch)
             _store_results(client, run_id, results)
+            if "checkpoint" in best:  # no epoch improved on the start (a NaN validation AUC): nothing to log
+                _log_model(client, run_id, best["checkpoint"], results["best_epoch"])
             sink.set_tags({tracking.TAG_OUTCOME: "finished",
                            tracking.TAG_BEST_VAL_AUC: f"{results['best_val_auc']:.6f}",
                            tracking.TAG_BEST_EPOCH: results["best_epoch"]})
@@ -162,6 +167,43 @@ def _record_run(client, run_id: str, resolved, data) -> None:
         tracking.TAG_DATA_REGISTRY: str(user_registry_path()), tracking.TAG_DATA_SOURCE: data.spec.origin,
     }
     tracking.MlflowSink(client, run_id).set_tags(new_tags)
+    _log_datasets(client, run_id, data.spec, hashes, params["fold"])
+
+
+#: dataset context (MLflow's "mlflow.data.context" input tag) -> which file of the data set
+_DATASET_CONTEXTS = (("training", "train_valid_file"), ("validation", "train_valid_file"), ("test", "test_file"),
+                     ("test_window", "test_window_file"))
+
+
+def _log_datasets(client, run_id: str, spec, hashes: dict, fold: int) -> None:
+    """The data set's files as the run's dataset inputs (the UI's Datasets column, `datasets.digest` searches).
+    The digest is the file's sha256 cut to MLflow's 36-character limit (32 hex digits); the whole hash is the input
+    tag gakt.sha256. MLflow's own digest of a pandas frame would read only its first 10,000 rows."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    inputs = []
+    for context, attribute in _DATASET_CONTEXTS:
+        name = getattr(spec, attribute)
+        if name not in hashes:
+            continue
+        split = {"training": f"folds other than {fold}", "validation": f"fold {fold}"}.get(context, "all rows")
+        dataset = MetaDataset(resolve_dataset_source(str(spec.root / name)), name=f"{spec.name}/{name}",
+                              digest=hashes[name][:32])
+        inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[
+            InputTag(MLFLOW_DATASET_CONTEXT, context), InputTag(tracking.TAG_DATASET_SHA256, hashes[name]),
+            InputTag(tracking.TAG_DATASET_ROWS, split)]))
+    client.log_inputs(run_id, datasets=inputs)
+
+
+def _log_model(client, run_id: str, checkpoint: bytes, best_epoch: int) -> None:
+    """The best checkpoint as the run's MLflow model (service/models.py), linked to the metrics of the best epoch."""
+    from gainakt3exp.service.models import log_run_model
+
+    model_id = log_run_model(client, run_id, checkpoint, step=int(best_epoch))
+    click.echo(f"logged model {model_id} (models:/{model_id}) from the checkpoint of epoch {best_epoch}", err=True)
 
 
 def _store_results(client, run_id: str, results: dict) -> None:

@@ -47,4 +47,12 @@ TAG_TORCH_THREADS = "gakt.torch_threads"
 TAG_TORCH_VERSION = "gakt.torch_version"
 TAG_TRIAL = "gakt.trial"
 
+# --- tags of a run's dataset inputs (service/training.py) ---
+TAG_DATASET_SHA256 = "gakt.sha256"  # the file's whole sha256 (the dataset digest holds its first 32 hex digits)
+TAG_DATASET_ROWS = "gakt.rows"  # which rows of the file the context reads (folds of train_valid)
+
+# --- tags of a run's logged model (service/models.py) ---
+TAG_MODEL_EPOCH = "gakt.model_epoch"  # the epoch of the checkpoint it holds (the best epoch)
+TAG_MODEL_VAL_AUC = "gakt.model_val_auc"  # that checkpoint's validation AUC
+
 __all__ = [name for name in tuple(globals()) if name.startswith("TAG_")]
