@@ -31,19 +31,21 @@ class GainAKT3ExpModel(mlflow.pyfunc.PythonModel):
         self.batch_size = BATCH_SIZE
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        return self.predict_frame(model_input)
-
-    def predict_frame(self, frame, progress=None):
-        """predict_histories on the CPU; a bad history raises MlflowException INVALID_PARAMETER_VALUE (HTTP 400 from
-        a served model) with the message that names the row."""
+        """A bad history raises MlflowException INVALID_PARAMETER_VALUE (HTTP 400 from a served model) with the
+        message that names the row."""
         from mlflow.exceptions import MlflowException
         from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
         from gainakt3exp.errors import DataError
+
+        try:
+            return self.predict_frame(model_input)
+        except DataError as exc:
+            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
+
+    def predict_frame(self, frame: pd.DataFrame, progress=None) -> pd.DataFrame:
+        """predict_histories on the CPU (gakt-predict calls this: a bad history is a DataError, exit 2)."""
         from gainakt3exp.loops.predict import predict_histories
 
         kwargs = {} if progress is None else {"progress": progress}
-        try:
-            return predict_histories(self.model, frame, batch_size=self.batch_size, device="cpu", **kwargs)
-        except DataError as exc:
-            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
+        return predict_histories(self.model, frame, batch_size=self.batch_size, device="cpu", **kwargs)

@@ -190,7 +190,8 @@ def _log_datasets(client, run_id: str, spec, hashes: dict, fold: int) -> None:
         if name not in hashes:
             continue
         split = {"training": f"folds other than {fold}", "validation": f"fold {fold}"}.get(context, "all rows")
-        dataset = MetaDataset(resolve_dataset_source(str(spec.root / name)), name=f"{spec.name}/{name}",
+        # one name per context: MLflow keeps one input per (name, digest), and training and validation read one file
+        dataset = MetaDataset(resolve_dataset_source(str(spec.root / name)), name=f"{spec.name} {context}",
                               digest=hashes[name][:32])
         inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[
             InputTag(MLFLOW_DATASET_CONTEXT, context), InputTag(tracking.TAG_DATASET_SHA256, hashes[name]),

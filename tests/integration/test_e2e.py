@@ -240,3 +240,14 @@ def test_plain_mlflow_run_with_every_parameter_records_the_whole_trajectory(stor
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2, 3], key
     assert {f.path for f in client.list_artifacts(run.info.run_id)} >= {
         "config.json", "model_best.pth", "results.json", "metrics_epoch.csv", "trajectory.png"}
+
+
+def test_the_logged_model_is_registered_served_and_predicts_like_the_training_forward_pass(store, tmp_path):
+    """Issue 24's acceptance on a local store: LoggedModel listed and linked to the best epoch's metrics, dataset
+    inputs, gakt-register with an alias, gakt-predict, a real `mlflow models serve` (same numbers, 400 on a bad
+    request, still serving after it)."""
+    from serving_utils import check_served_model
+
+    (run,) = _run(store)
+    found = check_served_model(store["env"], run.info.run_id, store["tmp"], tmp_path, name="gakt-e2e")
+    assert found["model"].artifact_location.startswith(str(store["tmp"])) or "mlruns" in found["model"].artifact_location

@@ -84,6 +84,14 @@ def auth_server(tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture(scope="class")
+def authed_run(auth_server, synthetic_root, tmp_path_factory):
+    """One tiny run launched with the admin's credentials (1 epoch), shared by the tests of the auth class."""
+    env = client_env(auth_server, cache_dir=tmp_path_factory.mktemp("authed-cache"), credentials=ADMIN)
+    launched = gakt(env, *launch_args("authed", synthetic_root, "--epochs", "1"))
+    return {"env": env, "launched": launched}
+
+
 @pytest.fixture
 def env_for(auth_server, tmp_path):
     """env_for(None | (user, password)): a client environment for the auth server with those credentials."""
@@ -120,11 +128,10 @@ class TestBasicAuthServer:
         proc = gakt(env, "gakt-runs", check=False, timeout=60)
         self._assert_refused(proc, time.monotonic() - started, auth_server, f"user '{ADMIN[0]}' without a password")
 
-    def test_right_credentials_launch_and_list_without_recording_the_password(self, auth_server, env_for,
-                                                                              synthetic_root, tmp_path, monkeypatch):
-        env = env_for(ADMIN)
+    def test_right_credentials_launch_and_list_without_recording_the_password(self, auth_server, authed_run,
+                                                                              tmp_path, monkeypatch):
+        env, launched = authed_run["env"], authed_run["launched"]
         password = ADMIN[1]
-        launched = gakt(env, *launch_args("authed", synthetic_root, "--epochs", "1"))
         listed = gakt(env, "gakt-runs")
         monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", ADMIN[0])
         monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
@@ -142,6 +149,22 @@ class TestBasicAuthServer:
         places["server store db.sqlite"] = (auth_server.root / "db.sqlite").read_bytes().decode(errors="replace")
         leaked = [where for where, text in places.items() if password in text]
         assert not leaked, f"the password appears in {leaked}"
+
+
+    def test_the_logged_model_is_registered_and_served_through_the_team_server(self, auth_server, authed_run,
+                                                                              synthetic_root, tmp_path, monkeypatch):
+        """The team setup: the model's artifacts are proxied by the auth server, registered and served from it
+        (models:/NAME@ALIAS with the user's credentials), with the same numbers as the training forward pass."""
+        from serving_utils import check_served_model
+
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", ADMIN[0])
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", ADMIN[1])
+        (run,) = _runs_titled(_client(auth_server.url), "authed")
+        found = check_served_model(authed_run["env"], run.info.run_id, synthetic_root, tmp_path, name="gakt-team")
+        model = found["model"]
+        assert model.artifact_location.startswith("mlflow-artifacts:/"), model.artifact_location
+        stored = [p for p in auth_server.artifacts.rglob("model_best.pth") if model.model_id in p.parts]
+        assert stored and stored[0].stat().st_size > 0, "the server stores the logged model's weights"
 
 
 # --- the workflow through a server --------------------------------------------------------------------------
