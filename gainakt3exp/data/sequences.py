@@ -251,10 +251,15 @@ def load_question_split(spec: DatasetSpec, split: str) -> Sequences:
         raise DataError(f"{path}: a concept id >= num_c {spec.num_c} or question id >= num_q {spec.num_q} in the "
                         f"rows of student {int(uid[made['owner'][i]])}; the file does not belong to this entry")
     sm = made["selectmasks"] == 1
+    qidxs = column(made["qidxs"])
+    # A step repeats the answer of the step before it in *this row* only when both belong to one answer: a row
+    # that predicts a later concept of an answer puts it right after the previous answer's last step, and that
+    # answer may be to the same question (answered twice in a row), whose response the step must still see.
+    repeat = np.zeros_like(pad)
+    repeat[:, 1:] = (qidxs[:, 1:] == qidxs[:, :-1]) & ~pad[:, 1:]
     return Sequences(concepts=concepts, responses=column(flat["responses"]), selectmasks=sm,
                      uids=uid[made["owner"]], lengths=(~pad).sum(axis=1), truth=None, source=str(path),
-                     file_hash=_sha256(data), questions=column(flat["questions"]),
-                     is_repeat=column(flat["is_repeat"]) == 1, qidxs=column(made["qidxs"]))
+                     file_hash=_sha256(data), questions=column(flat["questions"]), is_repeat=repeat, qidxs=qidxs)
 
 
 def _to_sequences(arrays: dict, keep: np.ndarray | None, source: str, file_hash: str) -> Sequences:

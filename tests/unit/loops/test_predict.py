@@ -157,10 +157,11 @@ def test_a_multi_concept_query_is_the_late_fusion_mean_of_the_question_window_ev
     same_student = np.r_[False, answers["student"].to_numpy()[1:] == answers["student"].to_numpy()[:-1]]
     repeated = same_student & np.r_[False, answers["question"].to_numpy()[1:] == answers["question"].to_numpy()[:-1]]
     position = answers.groupby("student").cumcount().to_numpy()  # answers before this one
-    # The evaluation's rows hide the previous answer's response from the second and later concepts when the
-    # previous answer is the same question (make_batch reads is_repeat + same question id as "same answer");
-    # predict_histories shows it, so those answers have no counterpart and are left out.
-    eligible = np.flatnonzero(np.isin(np.arange(len(answers)), scored_answer) & ~repeated)
+    # Answers to the question answered just before are included on purpose: their later concepts must see the
+    # previous answer's response in the evaluation's rows (load_question_split marks only steps of one answer as
+    # repeats), as predict_histories does.
+    eligible = np.flatnonzero(np.isin(np.arange(len(answers)), scored_answer))
+    assert repeated[eligible].any()
     multi = eligible[concepts[eligible] > 1]
     chosen = np.r_[multi[:: max(1, len(multi) // 30)], eligible[concepts[eligible] == 1][:5]]
     assert len(chosen) >= 30 and (concepts[chosen] == 3).any() and (concepts[chosen] == 2).any()
