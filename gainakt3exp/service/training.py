@@ -179,6 +179,8 @@ def _log_datasets(client, run_id: str, spec, hashes: dict, fold: int) -> None:
     """The data set's files as the run's dataset inputs (the UI's Datasets column, `datasets.digest` searches).
     The digest is the file's sha256 cut to MLflow's 36-character limit (32 hex digits); the whole hash is the input
     tag gakt.sha256. MLflow's own digest of a pandas frame would read only its first 10,000 rows."""
+    import warnings
+
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.entities import DatasetInput, InputTag
@@ -191,8 +193,10 @@ def _log_datasets(client, run_id: str, spec, hashes: dict, fold: int) -> None:
             continue
         split = {"training": f"folds other than {fold}", "validation": f"fold {fold}"}.get(context, "all rows")
         # one name per context: MLflow keeps one input per (name, digest), and training and validation read one file
-        dataset = MetaDataset(resolve_dataset_source(str(spec.root / name)), name=f"{spec.name} {context}",
-                              digest=hashes[name][:32])
+        with warnings.catch_warnings():  # MLflow registers its local-file source twice and warns that it picks one
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(str(spec.root / name))
+        dataset = MetaDataset(source, name=f"{spec.name} {context}", digest=hashes[name][:32])
         inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[
             InputTag(MLFLOW_DATASET_CONTEXT, context), InputTag(tracking.TAG_DATASET_SHA256, hashes[name]),
             InputTag(tracking.TAG_DATASET_ROWS, split)]))
