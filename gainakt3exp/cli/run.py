@@ -120,7 +120,7 @@ def eval_cmd(run: str, max_correlation_students, batch_size, device) -> None:
     results = evaluate_run(open_store()[0], run, max_correlation_students=max_correlation_students,
                            batch_size=batch_size, device=device, echo=lambda m: click.echo(m, err=True))
     for key in ("valid_auc", "test_auc", "test_window_auc", "test_accuracy", "test_mastery_correlation",
-                "test_gain_correlation", "windowauclate_mean", "headline_auc"):
+                "test_gain_correlation", "windowauclate_mean", "headline_auc", "mastery_auc", "mastery_auc_within"):
         if key == "windowauclate_mean" and key not in results:
             continue
         value = results.get(key)

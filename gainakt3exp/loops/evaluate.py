@@ -35,7 +35,7 @@ def evaluate_model(params: dict, checkpoint: dict, *, max_correlation_students: 
     from gainakt3exp.data.registry import resolve_data_root
     from gainakt3exp.loops.collect import collect_outputs, semantic_metrics
     from gainakt3exp.loops.runtime import resolve_device
-    from gainakt3exp.metrics.stats import prediction_from_outputs, truth_from_outputs
+    from gainakt3exp.metrics.stats import mastery_auc_from_outputs, prediction_from_outputs, truth_from_outputs
     from gainakt3exp.model.network import GainAKT3Exp
 
     device = resolve_device(device_name)
@@ -50,13 +50,16 @@ def evaluate_model(params: dict, checkpoint: dict, *, max_correlation_students: 
         for split in ("train", "valid", "test", "test_window"):
             seqs = data_mod.load_split(spec, split, params["fold"], params["seq_len"])
             # one reduced pass over every row: logits and the per-step mastery the truth metrics read
-            out = collect_outputs(model, seqs, np.arange(len(seqs)), batch_size, device, per_skill=False,
-                                  interpretation=split != "test_window")
+            out = collect_outputs(model, seqs, np.arange(len(seqs)), batch_size, device, per_skill=False)
             if split == "test":
                 pictures = mastery_pictures(model, seqs, out, device)
             pred = prediction_from_outputs(out, use_score_mask=split == "test_window")
             for key in ("auc", "accuracy", "loss", "n"):
                 results[f"{split}_{key}"] = pred[key]
+            explained = mastery_auc_from_outputs(out, use_score_mask=split == "test_window",
+                                                 students=seqs.uids[out["rows"].numpy()])
+            for key in ("mastery_auc", "mastery_auc_within"):
+                results[f"{split}_{key}"] = explained[key]
             if split != "test_window":
                 for key, value in truth_from_outputs(out).items():
                     results[f"{split}_{key}"] = value
@@ -125,14 +128,39 @@ def pykt_metrics(model, spec, results: dict, batch_size: int, device) -> dict:
     out = {"testauc": results["test_auc"], "testacc": results["test_accuracy"],
            "window_testauc": results["test_window_auc"], "window_testacc": results["test_window_accuracy"]}
     if not spec.num_q:
-        return {**out, "headline_auc": out["window_testauc"]}
+        return {**out, "headline_auc": out["window_testauc"], "mastery_auc": results["test_window_mastery_auc"],
+                "mastery_auc_within": results["test_window_mastery_auc_within"]}
     for split, prefix in (("question", "ori"), ("question_window", "window")):
         seqs = data_mod.load_question_split(spec, split)
         got = collect_outputs(model, seqs, np.arange(len(seqs)), batch_size, device, per_skill=False,
-                              interpretation=False)
+                              interpretation=split == "question_window")
         scored = got["score"].numpy()
         answer = seqs.qidxs[got["rows"].numpy()][:, 1:1 + scored.shape[1]][scored]  # targets are steps 1..
         p = torch.sigmoid(got["logits"].double()).numpy()[scored]
-        for key, value in question_level_metrics(p, got["y"].numpy()[scored], answer).items():
+        y = got["y"].numpy()[scored]
+        for key, value in question_level_metrics(p, y, answer).items():
             out[f"{prefix}{key}"] = value
+        if split == "question_window":  # the mastery of an answer's question: the mean of its concepts' mastery
+            students = np.broadcast_to(seqs.uids[got["rows"].numpy()].reshape(-1, 1), scored.shape)[scored]
+            out.update(question_mastery_auc(got["target_mastery"], scored, y, answer, students))
     return {**out, "headline_auc": out["windowauclate_mean"]}
+
+
+def question_mastery_auc(target_mastery, scored, y, answer, students) -> dict:
+    """mastery_auc on the headline's answers (question window file): per answer, the mean of m_t[c] over its
+    concepts (the mastery of a multi-concept question) against the answer's response, pooled and within students
+    (metrics.stats.grouped_auc); None without a mastery head."""
+    import numpy as np
+
+    from gainakt3exp.metrics.stats import grouped_auc, roc_auc
+
+    if target_mastery is None:
+        return {"mastery_auc": None, "mastery_auc_within": None}
+    m = target_mastery.double().numpy()[scored]
+    groups, g = np.unique(answer, return_inverse=True)
+    n = np.bincount(g).astype(np.float64)
+    fused = np.bincount(g, weights=m) / n
+    label = np.floor(np.bincount(g, weights=y) / n)  # the answer's response, as late_fusion takes it
+    owner = np.zeros(len(groups), dtype=np.int64)
+    owner[g] = students
+    return {"mastery_auc": roc_auc(label, fused), "mastery_auc_within": grouped_auc(label, fused, owner)[0]}

@@ -25,6 +25,7 @@ from gainakt3exp.loops.collect import collect_outputs
 from gainakt3exp.loops.runtime import _autocast, resolve_device, seed_everything
 from gainakt3exp.metrics.stats import (
     global_alignment_from_outputs,
+    mastery_auc_from_outputs,
     prediction_from_outputs,
     roc_auc,
     select_rows,
@@ -213,6 +214,8 @@ def validate_epoch(model, valid, params: dict, device) -> tuple[dict, dict, dict
         collect_outputs(model, valid, np.arange(n_semantic), params["batch_size"], device, logits=False) if heads
         else select_rows(out, np.arange(n_semantic)))
     semantic.update(truth)
+    explained = mastery_auc_from_outputs(out, use_score_mask=False, students=valid.uids[out["rows"].numpy()])
+    semantic.update({k: explained[k] for k in ("mastery_auc", "mastery_auc_within")})
     global_pass = {}
     if params["enable_global_alignment_pass"]:
         rows = stratified_rows(valid.lengths, params["alignment_global_students"])

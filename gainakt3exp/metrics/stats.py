@@ -274,6 +274,38 @@ def semantic_from_outputs(out: dict) -> dict:
     return res
 
 
+def grouped_auc(y: np.ndarray, p: np.ndarray, group: np.ndarray) -> tuple[Optional[float], int]:
+    """The mean over groups (students) of the AUC of p against y within the group, over the groups that have both
+    answers (a group of one class has no AUC); returns (mean, number of such groups), (None, 0) when none."""
+    y = np.asarray(y).ravel() > 0.5
+    p = np.asarray(p, dtype=np.float64).ravel()
+    group = np.asarray(group).ravel()
+    order = np.argsort(group, kind="stable")
+    bounds = np.flatnonzero(np.diff(group[order])) + 1
+    aucs = [roc_auc(y[idx], p[idx]) for idx in np.split(order, bounds) if 0 < y[idx].sum() < idx.size]
+    return (float(np.mean(aucs)), len(aucs)) if aucs else (None, 0)
+
+
+def mastery_auc_from_outputs(out: dict, *, use_score_mask: bool, students: Optional[np.ndarray] = None) -> dict:
+    """Does mastery rank the answers as the prediction does? The AUC of m_t[c_{t+1}] (the mastery of the concept
+    about to be answered, "target_mastery") as a predictor of the response r_{t+1}, on the same scored steps as
+    prediction_from_outputs (0.5: mastery carries nothing about the answer):
+      mastery_auc         pooled over every scored step;
+      mastery_auc_within  per student (`students`: the student of each collected row; rows of one student are
+                          pooled), averaged over the students with both answers: ranking within a history only.
+    Both None without a mastery head."""
+    res: dict[str, Any] = {"mastery_auc": None, "mastery_auc_within": None, "mastery_auc_students": 0}
+    if out["target_mastery"] is None:
+        return res
+    sel = (out["score"] if use_score_mask else out["mask"]).numpy()
+    y, m = out["y"].numpy()[sel], out["target_mastery"].double().numpy()[sel]
+    res["mastery_auc"] = roc_auc(y, m) if y.size else float("nan")
+    if students is not None:
+        owner = np.broadcast_to(np.asarray(students).reshape(-1, 1), sel.shape)[sel]
+        res["mastery_auc_within"], res["mastery_auc_students"] = grouped_auc(y, m, owner)
+    return res
+
+
 def truth_from_outputs(out: dict) -> dict:
     """Learned vs true mastery of the skill about to be answered, m_t[q_t] vs p*_t[q_t] (data with a truth file):
 

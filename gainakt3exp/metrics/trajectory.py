@@ -76,8 +76,8 @@ def trajectory_entry(epoch: int, values: dict) -> dict:
     mean_lag_corr, lag_corr_count, consistency_loss_weight_current, sparsity_loss_weight_current,
     loss_shares {main, constraint_total, alignment, lag, retention}, mean/min/max_mastery_variance,
     per_lag_correlations (list); then target_mastery_correlation, the three *_violation_rate keys, and
-    true_mastery_correlation and true_mastery_correlation_within only when values holds a number for them
-    (data with a truth file, synthetic).
+    true_mastery_correlation and true_mastery_correlation_within (data with a truth file, synthetic), then
+    mastery_auc and mastery_auc_within (a mastery head), each only when values holds a number for it.
     A key missing from values, None or nan becomes None (JSON null); extra keys in values are ignored.
     """
     e: dict[str, Any] = {"epoch": int(epoch)}
@@ -90,7 +90,7 @@ def trajectory_entry(epoch: int, values: dict) -> dict:
     e["per_lag_correlations"] = [_clean(v) for v in (values.get("per_lag_correlations") or [])]
     for k in _ENTRY_KEYS_4:
         e[k] = _clean(values.get(k))
-    for k in ("true_mastery_correlation", "true_mastery_correlation_within"):
+    for k in ("true_mastery_correlation", "true_mastery_correlation_within", "mastery_auc", "mastery_auc_within"):
         if _clean(values.get(k)) is not None:
             e[k] = _clean(values[k])
     return e

@@ -9,7 +9,8 @@ Verdict over the compared rows (summary rows + every metric history; timing and 
     within tolerance  every max |a - b| <= tolerance, same steps, same keys
     differs           anything else (exit 1); the failing rows are named
 Differences in code version, data hash, library versions, device and params are warnings: they explain a
-difference but do not change the verdict.
+difference but do not change the verdict. A metric that only the reproduction logs, made by other code than the
+original (gakt.git_commit differs), is INFO: newer code may log more; what both logged is compared.
 """
 from __future__ import annotations
 
@@ -130,10 +131,12 @@ def summary_rows(ho: dict, hr: dict, tolerance: float) -> list[dict]:
     return rows
 
 
-def history_rows(ho: dict, hr: dict, tolerance: float) -> list[dict]:
+def history_rows(ho: dict, hr: dict, tolerance: float, newer_code: bool = False) -> list[dict]:
     """One row per metric key of either run: the last values, max |diff| over common steps, and a FAIL when the
     key or its steps exist in one run only. Timing/system metrics are INFO; eval/* metrics are INFO when only one
-    run is evaluated (evaluating is a separate, optional step)."""
+    run is evaluated (evaluating is a separate, optional step). newer_code (the reproduction ran other code than
+    the original): a metric only the reproduction logs is INFO, a metric that code added; every metric both
+    logged is still compared."""
     both_evaluated = any(k.startswith(_EVAL_PREFIX) for k in ho) and any(k.startswith(_EVAL_PREFIX) for k in hr)
     rows = []
     for key in sorted(set(ho) | set(hr)):
@@ -143,9 +146,10 @@ def history_rows(ho: dict, hr: dict, tolerance: float) -> list[dict]:
             have = a if a is not None else b
             note = "only in original" if b is None else "only in reproduction"
             # an evaluation metric newer than the original's evaluation: information, not a difference
-            newer = a is None and key.startswith(_EVAL_PREFIX)
+            newer = a is None and (key.startswith(_EVAL_PREFIX) or newer_code)
             if newer:
-                note += " (an evaluation metric the original's evaluation did not log)"
+                note += (" (an evaluation metric the original's evaluation did not log)" if key.startswith(_EVAL_PREFIX)
+                         else " (a metric the original's code did not log)")
             rows.append(_row(key, have[max(have)] if a is not None else None,
                              have[max(have)] if b is not None else None, None, INFO if info or newer else FAIL, note))
             continue
@@ -216,7 +220,8 @@ def compare_runs(client, ref: str, repro: str | None = None, tolerance: float = 
         raise ConfigError(f"tolerance {tolerance!r}: must be a finite number >= 0, e.g. --tolerance 1e-4")
     original, reproduction = _pick_runs(client, ref, repro)
     ho, hr = read_histories(client, original), read_histories(client, reproduction)
-    summary, metrics = summary_rows(ho, hr, tolerance), history_rows(ho, hr, tolerance)
+    commits = [r.data.tags.get(tracking.TAG_GIT_COMMIT) for r in (original, reproduction)]
+    summary, metrics = summary_rows(ho, hr, tolerance), history_rows(ho, hr, tolerance, commits[0] != commits[1])
     warnings = run_warnings(original, reproduction)
     if not ho and not hr:
         warnings.append("neither run logged any metric: nothing was compared")

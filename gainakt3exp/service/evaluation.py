@@ -89,7 +89,8 @@ def _pictures_line(pictures: dict | None) -> str:
 
 EVAL_TABLE = "eval_table.json"
 _EVAL_SPLITS = ("train", "valid", "test", "test_window")
-_EVAL_COLUMNS = ("auc", "accuracy", "loss", "n", "mastery_correlation", "gain_correlation",
+_EVAL_COLUMNS = ("auc", "mastery_auc", "mastery_auc_within", "accuracy", "loss", "n", "mastery_correlation",
+                 "gain_correlation",
                  "target_mastery_correlation", "true_mastery_correlation", "correlation_students")
 
 

@@ -457,3 +457,32 @@ def test_longest_students_take_one_row_per_student_longest_first():
     uids = np.array([7, 1, 1, 2, 3, 4])  # rows 1 and 2: one student's history cut into windows
     assert stats.longest_students(lengths, uids, 3).tolist() == [1, 4, 5]
     assert stats.longest_students(lengths, uids, 10).tolist() == [1, 4, 5, 0, 3]
+
+
+def test_grouped_auc_averages_the_students_with_both_answers():
+    from gainakt3exp.metrics.stats import grouped_auc, roc_auc
+
+    y = np.array([1, 0, 1, 0, 1, 1, 0, 1])
+    p = np.array([0.9, 0.1, 0.2, 0.8, 0.5, 0.6, 0.3, 0.7])
+    group = np.array([0, 0, 1, 1, 2, 2, 3, 3])  # student 2 answered right twice: no AUC
+    mean, n = grouped_auc(y, p, group)
+    expected = [roc_auc(y[group == g], p[group == g]) for g in (0, 1, 3)]
+    assert n == 3 and mean == pytest.approx(np.mean(expected)) and expected == [1.0, 0.0, 1.0]
+    assert grouped_auc(np.array([1, 1]), np.array([0.2, 0.3]), np.array([0, 0])) == (None, 0)
+
+
+def test_mastery_auc_ranks_the_answers_by_the_mastery_of_the_concept_answered_next():
+    from gainakt3exp.metrics.stats import mastery_auc_from_outputs, roc_auc
+
+    y = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 1.0, 0.0]])
+    m = torch.tensor([[0.9, 0.2, 0.4, 0.5], [0.3, 0.6, 0.1, 0.7]])
+    mask = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    score = torch.tensor([[False, False, True, False], [False, True, False, True]])
+    out = {"y": y, "target_mastery": m, "mask": mask, "score": score}
+    every = mastery_auc_from_outputs(out, use_score_mask=False, students=np.array([7, 8]))
+    assert every["mastery_auc"] == pytest.approx(roc_auc(y[mask].numpy(), m[mask].numpy()))
+    assert every["mastery_auc_within"] == pytest.approx((1.0 + 0.25) / 2) and every["mastery_auc_students"] == 2
+    scored = mastery_auc_from_outputs(out, use_score_mask=True)
+    assert scored["mastery_auc"] == pytest.approx(roc_auc(np.array([1, 1, 0]), np.array([0.4, 0.6, 0.7])))
+    assert scored["mastery_auc_within"] is None
+    assert mastery_auc_from_outputs({**out, "target_mastery": None}, use_score_mask=False)["mastery_auc"] is None

@@ -228,3 +228,17 @@ def test_an_evaluation_metric_only_the_reproduction_logs_is_information_one_it_l
     assert row["status"] == "INFO" and "did not log" in row["note"]
     exp_id, _, _ = pair(store, original_metrics=newer, repro_metrics=evaluated)
     assert compare.compare_runs(store[0], exp_id)["failing"] == ["eval/headline_auc"]
+
+
+def test_a_metric_only_the_reproduction_logs_is_information_only_when_its_code_is_newer():
+    from gainakt3exp.service.compare import FAIL, INFO, PASS, history_rows
+
+    original = {"val/auc": {1: 0.7, 2: 0.71}}
+    reproduction = {"val/auc": {1: 0.7, 2: 0.71}, "trajectory/mastery_auc": {1: 0.6, 2: 0.62}}
+    same_code = {r["name"]: r["status"] for r in history_rows(original, reproduction, 1e-4)}
+    newer_code = {r["name"]: r for r in history_rows(original, reproduction, 1e-4, newer_code=True)}
+    assert same_code == {"val/auc": PASS, "trajectory/mastery_auc": FAIL}
+    assert newer_code["val/auc"]["status"] == PASS and newer_code["trajectory/mastery_auc"]["status"] == INFO
+    assert "original's code did not log" in newer_code["trajectory/mastery_auc"]["note"]
+    missing_in_repro = {r["name"]: r["status"] for r in history_rows(reproduction, original, 1e-4, newer_code=True)}
+    assert missing_in_repro["trajectory/mastery_auc"] == FAIL  # a metric the reproduction lost still fails
