@@ -87,7 +87,9 @@ def launch_cmd(ctx, short_title, profiles, folds, seeds, grid, evaluate, dry_run
 
 @study_group.command("search", context_settings={**_CONTEXT, "ignore_unknown_options": True, "allow_extra_args": True})
 @_definition_options
-@click.option("--space", required=True, metavar="FILE", help="JSON search space: parameter -> distribution.")
+@click.option("--space", required=True, metavar="FILE|NAME",
+              help="JSON search space: parameter -> distribution; or the name of a shipped space in configs/spaces "
+                   "(cpu-default).")
 @click.option("--trials", type=int, required=True, help="Number of trials (each = folds x seeds children).")
 @click.option("--sampler", type=click.Choice(["tpe", "random"]), default="tpe", show_default=True,
               help="Optuna sampler.")

@@ -27,6 +27,7 @@ from pathlib import Path
 from gainakt3exp import tracking
 from gainakt3exp.config.params import load_defaults, parse_value
 from gainakt3exp.errors import ConfigError
+from gainakt3exp.paths import CONFIG_DIR
 from gainakt3exp.service import record as run_record
 from gainakt3exp.study import driver as study
 from gainakt3exp.study import engine, lifecycle
@@ -38,14 +39,31 @@ SAMPLERS = ("tpe", "random")
 _TYPES = ("float", "int", "categorical")
 
 
+SPACES_DIR = CONFIG_DIR / "spaces"  # the shipped search spaces, named by file stem (--space cpu-default)
+
+
+def space_path(name_or_path: str | Path) -> Path:
+    """A shipped space's file (configs/spaces/<name>.json) for a bare name, else the path as given."""
+    shipped = SPACES_DIR / f"{name_or_path}.json"
+    if not Path(name_or_path).suffix and "/" not in str(name_or_path) and shipped.is_file():
+        return shipped
+    return Path(name_or_path)
+
+
+def shipped_spaces() -> list[str]:
+    return sorted(p.stem for p in SPACES_DIR.glob("*.json"))
+
+
 def load_space(path: str | Path) -> dict:
-    """The search space file, checked: every key a parameter, every distribution well formed and of the
-    parameter's type. A malformed file is one ConfigError (exit 2) naming the file, the key and the fix."""
-    path = Path(path)
+    """The search space file (or a shipped space's name), checked: every key a parameter, every distribution well
+    formed and of the parameter's type. A malformed file is one ConfigError (exit 2) naming the file, the key and
+    the fix."""
+    path = space_path(path)
     try:
         space = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"space file {path} does not exist; write one, e.g. "
+        raise ConfigError(f"space file {path} does not exist; name a shipped space ({', '.join(shipped_spaces())}) "
+                          "or write one, e.g. "
                           '{"learning_rate": {"type": "float", "low": 0.0003, "high": 0.01, "log": true}}') from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         where = f"line {exc.lineno}: {exc.msg}" if isinstance(exc, json.JSONDecodeError) else str(exc)
