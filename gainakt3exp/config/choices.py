@@ -19,7 +19,17 @@ OPTIMIZERS = ("Adam", "AdamW")
 MASTERY_IN_PREDICTION = ("none", "logit", "logit_skill_free")
 GAIN_SCOPES = ("all_skills", "practised_skill")
 MASTERY_LINKS = ("clamp", "logistic")
-QUESTION_EMBEDDINGS = ("none", "rasch")
+QUESTION_EMBEDDINGS = ("none", "rasch", "auto")
+def resolve_question_embedding(question_embedding: str, num_q: int) -> str:
+    """question_embedding auto -> rasch for a data set with question ids (num_q > 0), none without; others as given.
+    The one rule deriving a model setting from the data (recorded in a run as tag gakt.derived.question_embedding)."""
+    if question_embedding == "auto":
+        return "rasch" if num_q > 0 else "none"
+    return question_embedding
+
+
+#: mastery_performance_target: what the mastery-performance constraint ties mastery to
+MASTERY_PERFORMANCE_TARGETS = ("answered", "next")
 
 #: The lag-gain reward's per-lag weights: lags 1..len(LAG_WEIGHT_KEYS); lag_max_lag may not exceed it.
 LAG_WEIGHT_KEYS = ("lag_l1_weight", "lag_l2_weight", "lag_l3_weight")
@@ -41,7 +51,11 @@ CHOICES: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "gain_scope": (GAIN_SCOPES, {}),
     "mastery_link": (MASTERY_LINKS, {}),
     "question_embedding": (QUESTION_EMBEDDINGS, {"none": "concepts only",
-                                                 "rasch": "AKT's question difficulty times a concept variation"}),
+                                                 "rasch": "AKT's question difficulty times a concept variation",
+                                                 "auto": "rasch when the data set has question ids, else none"}),
+    "mastery_performance_target": (MASTERY_PERFORMANCE_TARGETS, {
+        "answered": "the mastery of the concept just answered against that answer (linear)",
+        "next": "the mastery of the concept about to be answered predicts that answer (BCE)"}),
 }
 
 #: Which heads each constraint of the objective reads (a weight > 0 without its head is refused).

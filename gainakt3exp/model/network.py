@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gainakt3exp.config.choices import rule_problems
+from gainakt3exp.config.choices import resolve_question_embedding, rule_problems
 from gainakt3exp.errors import ConfigError
 from gainakt3exp.model.cumulative import StepValues, cumulative_steps, practised_full, practised_steps, steps_from_full
 
@@ -182,6 +182,7 @@ class GainAKT3Exp(nn.Module):
         run parameters (from_params). With questions a step's response can be HIDDEN (sequences.make_batch), so the
         interaction vocabulary has three responses."""
         super().__init__()
+        question_embedding = resolve_question_embedding(question_embedding, num_q)
         problems = _architecture_problems(num_c, seq_len, d_model, n_heads, num_encoder_blocks, d_ff, dropout)
         problems += rule_problems({
             "emb_type": emb_type, "attention_bias": attention_bias, "query_embedding": query_embedding,

@@ -21,6 +21,7 @@ from gainakt3exp.objective.terms import (
     lag_gain_correlation,
     masked_pearson,
     mastery_performance_loss,
+    mastery_prediction_loss,
     monotonicity_loss,
     retention_loss,
     sparsity_loss,
@@ -115,7 +116,9 @@ class Objective:
         terms = {
             "non_negative": lambda: zero,  # relu(-g) = 0: gains are ReLU outputs
             "monotonicity": lambda: zero if has_g else monotonicity_loss(out.mastery, mask),  # cumsum of g >= 0
-            "mastery_performance": lambda: mastery_performance_loss(st.mastery_at_c, r, mask),
+            "mastery_performance": lambda: (mastery_prediction_loss(st.mastery_at_q, y, mask)
+                                            if p["mastery_performance_target"] == "next"
+                                            else mastery_performance_loss(st.mastery_at_c, r, mask)),
             "gain_performance": lambda: gain_performance_loss(st.gain_at_c, r, mask, p["gain_performance_margin"]),
             "sparsity": lambda: zero if self.params["gain_scope"] == "practised_skill"  # other skills' gains are 0
             else sparsity_loss(st.gain_sum, st.gain_at_c, mask, st.num_c),

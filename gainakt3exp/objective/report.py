@@ -17,7 +17,7 @@ OBJECTIVE_PARAM_KEYS = (
     "enable_lag_gain_loss", "lag_gain_weight", "lag_max_lag", *LAG_WEIGHT_KEYS,
     "consistency_rebalance_epoch", "consistency_rebalance_threshold", "consistency_rebalance_new_weight",
     "variance_floor", "variance_floor_patience", "variance_floor_reduce_factor", "gain_scope",
-    "question_difficulty_l2",
+    "question_difficulty_l2", "mastery_performance_target",
 )
 
 
@@ -39,7 +39,10 @@ def objective_report(params: dict) -> dict[str, dict[str, str]]:
     why_on = {
         "non_negative": "penalty on negative gains",
         "monotonicity": "penalty on mastery decreasing (per-step mastery head)",
-        "mastery_performance": f"weight warmed up over {warm} epoch(s) ({schedule})",
+        "mastery_performance": (f"weight warmed up over {warm} epoch(s) ({schedule}); "
+                                + ("BCE of the mastery of the concept about to be answered against that answer"
+                                   if p["mastery_performance_target"] == "next" else
+                                   "the mastery of the concept just answered against that answer")),
         "gain_performance": f"weight warmed up over {warm} epoch(s) ({schedule})",
         "sparsity": "L1 on gains of the skills not practised at the step",
         "consistency": "non-zero only where mastery reaches its cap at 1 (elsewhere m_t - m_{t-1} = scale * g_t by "

@@ -89,6 +89,14 @@ def mastery_performance_loss(m_c: torch.Tensor, r: torch.Tensor, mask: torch.Ten
     return _masked_mean(1.0 - m_c, mask & (r == 1)) + _masked_mean(m_c, mask & (r == 0))
 
 
+def mastery_prediction_loss(m_q: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """mastery_performance_target next: mean over mu_t of BCE(m_t[c_{t+1}], r_{t+1}), the mastery of the concept
+    about to be answered read as P(correct) of that answer. m_q = m_t[q_t] (B, L) in [0, 1], y (B, L)."""
+    eps = 1e-6
+    m = m_q.float().clamp(eps, 1.0 - eps)
+    return _masked_mean(-(y * torch.log(m) + (1.0 - y) * torch.log1p(-m)), mask)
+
+
 def gain_performance_loss(g_c: torch.Tensor, r: torch.Tensor, mask: torch.Tensor, margin: float) -> torch.Tensor:
     """relu(mean_{mu_t, r_t=0} g_t[c_t] - mean_{mu_t, r_t=1} g_t[c_t] + margin); 0 unless both sets are non-empty.
     g_c = g_t[c_t] (B, L)."""

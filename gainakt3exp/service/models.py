@@ -57,6 +57,7 @@ def log_run_model(client, run_id: str, checkpoint_bytes: bytes, *, step: int) ->
     import mlflow
     from mlflow.models import Model
 
+    from gainakt3exp.config.choices import resolve_question_embedding
     from gainakt3exp.loops.checkpoint import load_checkpoint
     from gainakt3exp.service import served_model
     from gainakt3exp.service.pyfunc import CHECKPOINT_ARTIFACT
@@ -65,7 +66,7 @@ def log_run_model(client, run_id: str, checkpoint_bytes: bytes, *, step: int) ->
     params = checkpoint["params"]
     num_c, num_q = checkpoint["num_c"], checkpoint.get("num_q", 0)
     signature, example = signature_and_example(
-        num_c, num_q, question_ids=params["question_embedding"] != "none",
+        num_c, num_q, question_ids=resolve_question_embedding(params["question_embedding"], num_q) == "rasch",
         mastery=bool(params["use_mastery_head"]), gains=bool(params["use_gain_head"]))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model_best.pth"

@@ -166,6 +166,11 @@ def _record_run(client, run_id: str, resolved, data) -> None:
         tracking.TAG_DATA_ROOT_RESOLVED: str(data.spec.root),
         tracking.TAG_DATA_REGISTRY: str(user_registry_path()), tracking.TAG_DATA_SOURCE: data.spec.origin,
     }
+    from gainakt3exp.config.choices import resolve_question_embedding
+
+    # settings derived from the data by a rule (config/choices.py), recorded beside the parameter that asked for it
+    new_tags[f"{tracking.TAG_DERIVED_PREFIX}question_embedding"] = resolve_question_embedding(
+        params["question_embedding"], data.spec.num_q)
     tracking.MlflowSink(client, run_id).set_tags(new_tags)
     _log_datasets(client, run_id, data.spec, hashes, params["fold"])
 

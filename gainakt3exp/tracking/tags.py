@@ -47,6 +47,8 @@ TAG_TORCH_THREADS = "gakt.torch_threads"
 TAG_TORCH_VERSION = "gakt.torch_version"
 TAG_TRIAL = "gakt.trial"
 
+TAG_DERIVED_PREFIX = "gakt.derived."  # + parameter: the value a data-dependent setting (auto) took for this data set
+
 # --- tags of a run's dataset inputs (service/training.py) ---
 TAG_DATASET_SHA256 = "gakt.sha256"  # the file's whole sha256 (the dataset digest holds its first 32 hex digits)
 TAG_DATASET_ROWS = "gakt.rows"  # which rows of the file the context reads (folds of train_valid)

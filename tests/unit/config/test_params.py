@@ -20,7 +20,7 @@ from gainakt3exp.errors import ConfigError
 def test_defaults_file_md5_matches_its_defaults():
     raw = json.loads((CONFIG_DIR / "parameter_default.json").read_text())
     assert raw["md5"] == defaults_md5(raw["defaults"])
-    assert len(raw["defaults"]) == 78
+    assert len(raw["defaults"]) == 79
 
 
 def test_defaults_match_the_spec_values_that_the_original_docs_got_wrong():

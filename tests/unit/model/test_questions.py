@@ -102,3 +102,20 @@ def test_rasch_needs_question_ids():
     batch = make_batch(_seqs(RESPONSES), [0], "cpu")
     with pytest.raises(ConfigError, match="needs each step's question id"):
         model(batch.c, batch.r, batch.q)
+
+
+def test_question_embedding_auto_is_rasch_with_question_ids_and_none_without():
+    from gainakt3exp.config.choices import resolve_question_embedding
+
+    assert resolve_question_embedding("auto", Q) == "rasch" and resolve_question_embedding("auto", 0) == "none"
+    assert resolve_question_embedding("none", Q) == "none" and resolve_question_embedding("rasch", Q) == "rasch"
+    with_ids = _model(question_embedding="auto")
+    assert with_ids.question_difficulty is not None
+    assert with_ids.state_dict().keys() == _model(question_embedding="rasch").state_dict().keys()
+    params = dict(DEFAULTS, seq_len=9, d_model=16, n_heads=2, num_encoder_blocks=1, d_ff=24, dropout=0.0)
+    torch.manual_seed(0)
+    without = GainAKT3Exp.from_params(dict(params, question_embedding="auto"), num_c=C)
+    torch.manual_seed(0)
+    plain = GainAKT3Exp.from_params(dict(params, question_embedding="none"), num_c=C)
+    assert without.question_difficulty is None
+    assert all(torch.equal(a, b) for a, b in zip(without.state_dict().values(), plain.state_dict().values()))
