@@ -120,7 +120,7 @@ def test_profiles_apply_in_order_and_are_recorded_as_overrides():
 
 def test_every_committed_profile_validates_and_changes_exactly_its_overrides():
     names = list_profiles()
-    assert {"cpu-small", "cpu-assist", "cpu-tuned", "pure-bce", "quickstart", "tiny"} <= set(names)
+    assert {"cpu-default", "cpu-small", "cpu-assist", "cpu-tuned", "pure-bce", "quickstart", "tiny"} <= set(names)
     defaults = load_defaults().values
     for name in names:
         overrides = load_profile(name)
