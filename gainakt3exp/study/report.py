@@ -42,7 +42,8 @@ METRICS = (("val_auc", "val AUC", "best", "val/auc"), ("val_accuracy", "val accu
            ("test_auc", "test AUC", "eval", "eval/test_auc"),
            ("test_window_auc", "window test AUC", "eval", "eval/test_window_auc"),
            ("test_accuracy", "test accuracy", "eval", "eval/test_accuracy"),
-           ("headline_auc", "headline AUC", "eval", "eval/headline_auc"))  # pyKT's final metric (gakt-eval)
+           ("headline_auc", "headline AUC", "eval", "eval/headline_auc"),  # pyKT's final metric (gakt-eval)
+           ("mastery_auc", "mastery AUC", "eval", "eval/mastery_auc"))  # the mastery's AUC on the headline's steps
 TRAJECTORY = ("val/auc", "trajectory/mastery_correlation", "trajectory/gain_correlation",
               "trajectory/target_mastery_correlation")
 

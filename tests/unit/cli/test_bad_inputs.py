@@ -240,6 +240,29 @@ def test_an_unknown_run_id_is_refused(in_empty_store, command):
     assert f"error: run '{HEX_NOBODY}' does not exist in {in_empty_store}; list runs with gakt-runs" in result.output
 
 
+@pytest.mark.parametrize("command", ["register", "predict"])
+def test_an_unknown_run_id_is_refused_by_the_model_commands(in_empty_store, command, tmp_path):
+    (tmp_path / "h.csv").write_text("student,concept,response\ns1,3,1\n")
+    args = (["--name", "m"] if command == "register" else
+            ["--input", str(tmp_path / "h.csv"), "--out", str(tmp_path / "o.csv")])
+    result = invoke(command, HEX_NOBODY, *args)
+    assert result.exit_code == 2, result.output
+    assert f"error: run '{HEX_NOBODY}' does not exist in {in_empty_store}; list runs with gakt-runs" in result.output
+    assert not (tmp_path / "o.csv").exists()
+
+
+def test_predict_refuses_an_unknown_registered_model_and_a_missing_history_file(in_empty_store, tmp_path):
+    (tmp_path / "h.csv").write_text("student,concept,response\ns1,3,1\n")
+    result = invoke("predict", "models:/nobody@champion", "--input", str(tmp_path / "h.csv"), "--out",
+                    str(tmp_path / "o.csv"))
+    assert result.exit_code == 2, result.output
+    assert "error: cannot load model models:/nobody@champion" in result.output and "gakt-runs" in result.output
+    result = invoke("predict", "models:/nobody@champion", "--input", str(tmp_path / "none.csv"), "--out",
+                    str(tmp_path / "o.csv"))
+    assert result.exit_code == 2 and f"error: history file {tmp_path / 'none.csv'} does not exist" in result.output
+    assert not (tmp_path / "o.csv").exists()
+
+
 def test_a_malformed_run_id_is_refused_saying_what_an_id_looks_like(in_empty_store):
     result = invoke("eval", "abc")
     assert result.exit_code == 2
