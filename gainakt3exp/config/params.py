@@ -190,6 +190,22 @@ def resolve_params(
     return Resolved(params=params, overrides=changed, profiles=list(profiles), defaults=defaults)
 
 
+def recorded_params(strings: Mapping[str, str], defaults: Defaults | None = None) -> tuple[dict, list[str]]:
+    """The typed parameters a run recorded (its logged `key -> string`), with every parameter added after the run
+    filled in with today's default, which by rule keeps the behaviour the code had before the parameter existed.
+    Returns (params, the keys filled in). Unknown keys are still errors (a run of newer code)."""
+    defaults = defaults or load_defaults()
+    added = sorted(set(defaults.values) - set(strings))
+    filled = {**{k: format_value(defaults.values[k]) for k in added}, **strings}
+    return resolve_params(filled, defaults=defaults).params, added
+
+
+def with_added_defaults(params: Mapping[str, Any], defaults: Defaults | None = None) -> dict:
+    """A typed parameter dict (a checkpoint's) with the parameters added after it was written at their defaults."""
+    defaults = defaults or load_defaults()
+    return {**{k: v for k, v in defaults.values.items() if k not in params}, **params}
+
+
 def parse_param_strings(strings: Mapping[str, str], defaults: Defaults | None = None) -> dict:
     """Parse a complete set of `key -> string` (as logged by MLflow or passed by the MLproject) into typed values.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from gainakt3exp import tracking
-from gainakt3exp.config.params import parse_param_strings
+from gainakt3exp.config.params import format_value, recorded_params, with_added_defaults
 from gainakt3exp.errors import ReproError
 
 # --- evaluation ------------------------------------------------------------------------------------------------
@@ -19,8 +19,12 @@ def evaluate_run(client, ref: str, *, max_correlation_students: int | None = Non
 
     run = tracking.resolve_run(client, ref)
     run_id = run.info.run_id
-    params = parse_param_strings(tracking.read_params(run))
+    params, added = recorded_params(tracking.read_params(run))
+    if added:
+        echo(f"run {run_id} was made before these parameters existed; they take their defaults, which keep the "
+             "code's behaviour from before: " + ", ".join(f"{k}={format_value(params[k])}" for k in added))
     checkpoint = _read_checkpoint(client, run_id)
+    checkpoint["params"] = with_added_defaults(checkpoint["params"])
     if checkpoint["params"] != params:
         diffs = sorted(k for k in params if checkpoint["params"].get(k) != params[k])
         raise ReproError(f"model_best.pth of run {run_id} was trained with other parameters than the run logs "

@@ -58,12 +58,13 @@ def log_run_model(client, run_id: str, checkpoint_bytes: bytes, *, step: int) ->
     from mlflow.models import Model
 
     from gainakt3exp.config.choices import resolve_question_embedding
+    from gainakt3exp.config.params import with_added_defaults
     from gainakt3exp.loops.checkpoint import load_checkpoint
     from gainakt3exp.service import served_model
     from gainakt3exp.service.pyfunc import CHECKPOINT_ARTIFACT
 
     checkpoint = load_checkpoint(checkpoint_bytes)
-    params = checkpoint["params"]
+    params = with_added_defaults(checkpoint["params"])  # a checkpoint older than a parameter: its default
     num_c, num_q = checkpoint["num_c"], checkpoint.get("num_q", 0)
     signature, example = signature_and_example(
         num_c, num_q, question_ids=resolve_question_embedding(params["question_embedding"], num_q) == "rasch",

@@ -56,3 +56,28 @@ def test_evaluation_without_a_mastery_head_skips_the_pictures_and_says_so(client
     assert results["test_auc"] == results["test_auc"]  # the evaluation itself ran
     assert _artifacts(client, run_id) == {}
     assert "mastery pictures skipped: the model has no mastery head (use_mastery_head false)" in lines
+
+
+def test_a_run_older_than_a_parameter_is_evaluated_and_its_model_logged_with_the_default(client, synthetic_root,
+                                                                                        monkeypatch, reset_mlflow_uri):
+    """A run whose logged params and checkpoint lack parameters added since (here the two newest): gakt-eval and
+    the logged model fill in their defaults, which keep the code's behaviour from before, and say so."""
+    import mlflow
+    import pandas as pd
+
+    from gainakt3exp.service.models import log_run_model
+
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    mlflow.set_tracking_uri(tracking.tracking_uri())  # the module's store (the client fixture's)
+    params = resolve_params({"data_root": str(synthetic_root)}, ["tiny"]).params
+    older = {k: v for k, v in params.items() if k not in ("mastery_performance_target", "log_system_metrics")}
+    run_id = _recorded_run(client, older)
+    lines = []
+    results = evaluate_run(client, run_id, echo=lines.append)
+    assert results["test_auc"] == results["test_auc"]
+    assert any("was made before these parameters existed" in line and "log_system_metrics=false" in line
+               and "mastery_performance_target=answered" in line for line in lines), lines
+    model_id = log_run_model(client, run_id, tracking.download_text(client, run_id, "model_best.pth"), step=1)
+    loaded = mlflow.pyfunc.load_model(f"models:/{model_id}")
+    out = loaded.predict(pd.DataFrame({"student": ["a", "a"], "concept": [1, 2], "response": [1, None]}))
+    assert list(out["student"]) == ["a"] and 0 < out.loc[0, "p_correct"] < 1
