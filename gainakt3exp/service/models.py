@@ -65,6 +65,14 @@ def log_run_model(client, run_id: str, checkpoint_bytes: bytes, *, step: int) ->
 
     checkpoint = load_checkpoint(checkpoint_bytes)
     params = with_added_defaults(checkpoint["params"])  # a checkpoint older than a parameter: its default
+    if params != checkpoint["params"]:  # the model carries complete params: it has no parameter_default.json
+        import io
+
+        import torch
+
+        buffer = io.BytesIO()
+        torch.save({**checkpoint, "params": params}, buffer)
+        checkpoint_bytes = buffer.getvalue()
     num_c, num_q = checkpoint["num_c"], checkpoint.get("num_q", 0)
     signature, example = signature_and_example(
         num_c, num_q, question_ids=resolve_question_embedding(params["question_embedding"], num_q) == "rasch",

@@ -21,13 +21,13 @@ class GainAKT3ExpModel(mlflow.pyfunc.PythonModel):
     """Histories in, one row per student out (loops/predict.py: predict_histories)."""
 
     def load_context(self, context) -> None:
-        from gainakt3exp.config.params import with_added_defaults
         from gainakt3exp.loops.checkpoint import load_checkpoint
         from gainakt3exp.model.network import GainAKT3Exp
 
         checkpoint = load_checkpoint(Path(context.artifacts[CHECKPOINT_ARTIFACT]).read_bytes())
-        params = with_added_defaults(checkpoint["params"])  # a checkpoint older than a parameter: its default
-        model = GainAKT3Exp.from_params(params, checkpoint["num_c"], checkpoint.get("num_q", 0))
+        # complete params (log_run_model fills in parameters added after the run): the model's code path holds the
+        # package only, not configs/parameter_default.json
+        model = GainAKT3Exp.from_params(checkpoint["params"], checkpoint["num_c"], checkpoint.get("num_q", 0))
         model.load_state_dict(checkpoint["state_dict"])
         self.model = model.eval()
         self.batch_size = BATCH_SIZE
