@@ -23,7 +23,7 @@ def evaluate_run(client, ref: str, *, max_correlation_students: int | None = Non
     if added:
         echo(f"run {run_id} was made before these parameters existed; they take their defaults, which keep the "
              "code's behaviour from before: " + ", ".join(f"{k}={format_value(params[k])}" for k in added))
-    checkpoint = _read_checkpoint(client, run_id)
+    checkpoint = read_checkpoint(client, run_id)[1]
     checkpoint["params"] = with_added_defaults(checkpoint["params"])
     if checkpoint["params"] != params:
         diffs = sorted(k for k in params if checkpoint["params"].get(k) != params[k])
@@ -130,8 +130,8 @@ def _table_artifact_tag(run, name: str) -> dict:
 _CHECKPOINT_KEYS = ("state_dict", "params", "num_c", "epoch", "val_auc")
 
 
-def _read_checkpoint(client, run_id: str) -> dict:
-    """model_best.pth of the run, loaded weights-only: a corrupt or code-carrying file is refused, never executed."""
+def read_checkpoint(client, run_id: str) -> tuple[bytes, dict]:
+    """model_best.pth of the run (its bytes and the checkpoint), loaded weights-only: a corrupt or code-carrying file is refused, never executed."""
     from gainakt3exp.loops.checkpoint import load_checkpoint
 
     raw = tracking.download_text(client, run_id, "model_best.pth")
@@ -148,7 +148,7 @@ def _read_checkpoint(client, run_id: str) -> dict:
     if missing:
         raise ReproError(f"model_best.pth of run {run_id} lacks {', '.join(missing)}: not a gainakt3exp checkpoint; "
                          "re-train the run (gakt-repro) or restore the file")
-    return checkpoint
+    return raw, checkpoint
 
 
 def _tag_entry_point_run(client, evaluated_run_id: str, metrics: dict, step: int) -> None:

@@ -106,17 +106,15 @@ def logged_model_id(client, run) -> str | None:
 def ensure_logged_model(client, ref: str, echo=print) -> tuple:
     """(run, model id) of a run given by id or 6-digit id; a run trained before models were logged gets its model
     logged now, from its model_best.pth (artifacts are added; its params and metrics stay as they are)."""
-    from gainakt3exp.service.evaluation import _read_checkpoint
+    from gainakt3exp.service.evaluation import read_checkpoint
 
     run = tracking.resolve_run(client, ref)
     model_id = logged_model_id(client, run)
     if model_id is None:
-        checkpoint = _read_checkpoint(client, run.info.run_id)
+        raw, checkpoint = read_checkpoint(client, run.info.run_id)
         echo(f"run {run.info.run_id} has no logged model yet; logging it from model_best.pth "
              f"(epoch {checkpoint['epoch']})")
-        model_id = log_run_model(client, run.info.run_id, tracking.download_text(client, run.info.run_id,
-                                                                                 "model_best.pth"),
-                                 step=int(checkpoint["epoch"]))
+        model_id = log_run_model(client, run.info.run_id, raw, step=int(checkpoint["epoch"]))
     return run, model_id
 
 
