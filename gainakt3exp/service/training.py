@@ -205,7 +205,23 @@ def _log_datasets(client, run_id: str, spec, hashes: dict, fold: int) -> None:
         inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[
             InputTag(MLFLOW_DATASET_CONTEXT, context), InputTag(tracking.TAG_DATASET_SHA256, hashes[name]),
             InputTag(tracking.TAG_DATASET_ROWS, split)]))
-    client.log_inputs(run_id, datasets=inputs)
+    _log_inputs_racing(client, run_id, inputs)
+
+
+def _log_inputs_racing(client, run_id: str, inputs: list, attempts: int = 4) -> None:
+    """client.log_inputs, tried again when a concurrent run of the same experiment created the same dataset between
+    the store's lookup and its insert (MLflow's get-or-create is not atomic: UNIQUE constraint failed on datasets);
+    the next attempt finds the dataset and links it."""
+    import time
+
+    for attempt in range(attempts):
+        try:
+            client.log_inputs(run_id, datasets=inputs)
+            return
+        except Exception as exc:  # noqa: BLE001 - RestException over HTTP, IntegrityError on a local store
+            if "UNIQUE constraint" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def _log_model(client, run_id: str, checkpoint: bytes, best_epoch: int) -> None:
