@@ -108,7 +108,8 @@ def compare_cmd(run: str, repro, tolerance: float, as_json: bool) -> None:
 @click.option("--device", default=None, help="auto, cpu, cuda, cuda:N (default: the run's own value).")
 @_errors
 def eval_cmd(run: str, max_correlation_students, batch_size, device) -> None:
-    """Evaluate the best checkpoint of RUN on train/valid/test and the window test; log eval/* to RUN.
+    """Evaluate the best checkpoint of RUN on train/valid/test and the window test; log eval/* to RUN (pyKT's
+    metrics, the headline AUC and the mastery AUC beside it) and the mastery pictures (mastery_*.png).
 
     \b
     Example:
@@ -140,7 +141,7 @@ def eval_cmd(run: str, max_correlation_students, batch_size, device) -> None:
 @experiment_option
 @_errors
 def runs_cmd(limit: int, stale: bool, older_than, mark: bool, latest_id: bool, experiment) -> None:
-    """List recent runs (id, title, status, best val AUC, evaluated, reproduced), or find stale ones.
+    """List recent runs (id, title, status, best val AUC, evaluated, reproduced, registered), or find stale ones.
 
     \b
     Example:
