@@ -16,7 +16,7 @@ QUERY_EMBEDDINGS = ("own", "context", "value")
 ALIGNMENT_POPULATIONS = ("pooled", "within_student")
 LR_SCHEDULES = ("plateau", "cosine")
 OPTIMIZERS = ("Adam", "AdamW")
-MASTERY_IN_PREDICTION = ("none", "logit", "logit_skill_free")
+MASTERY_IN_PREDICTION = ("none", "logit", "logit_skill_free", "mastery_only")
 GAIN_SCOPES = ("all_skills", "practised_skill")
 MASTERY_LINKS = ("clamp", "logistic")
 QUESTION_EMBEDDINGS = ("none", "rasch", "auto")
@@ -47,7 +47,10 @@ CHOICES: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
                                            "value": "the stream's concept embedding, shared"}),
     "alignment_population": (ALIGNMENT_POPULATIONS, {"pooled": "one correlation over the batch",
                                                      "within_student": "each student's correlation, averaged"}),
-    "mastery_in_prediction": (MASTERY_IN_PREDICTION, {}),
+    "mastery_in_prediction": (MASTERY_IN_PREDICTION, {
+        "none": "the head alone", "logit": "the head plus logit m_t[q_t]",
+        "logit_skill_free": "the head without the next concept, plus logit m_t[q_t]",
+        "mastery_only": "P(correct) = m_t[q_t]: the prediction is the mastery of the concept answered next"}),
     "gain_scope": (GAIN_SCOPES, {}),
     "mastery_link": (MASTERY_LINKS, {}),
     "question_embedding": (QUESTION_EMBEDDINGS, {"none": "concepts only",

@@ -425,6 +425,8 @@ class GainAKT3Exp(nn.Module):
         """
         first, relu, dropout, last = self.prediction_head
         b, l, d = h.shape
+        if self.mastery_in_prediction == "mastery_only":  # the prediction is logit m_t[q_t] alone (added by the caller)
+            return h.new_zeros(b, l, dtype=torch.float32)
         w = first.weight  # (d_ff, 3D)
         if self.mastery_in_prediction == "logit_skill_free":  # the next skill reaches the prediction via mastery only
             hv = torch.cat([h, v], dim=-1).reshape(b * l, 2 * d)

@@ -307,6 +307,31 @@ def test_mastery_in_prediction_logit_adds_the_logit_of_the_next_skills_mastery()
         _model(mastery_in_prediction="logit", use_mastery_head=False)
 
 
+@pytest.mark.parametrize("scope,link", [("all_skills", "clamp"), ("practised_skill", "logistic")])
+def test_mastery_only_predicts_the_next_skills_mastery_and_trains_it(scope, link):
+    """mastery_only: P(correct) = m_t[q_t] in every pass, and the BCE's gradient reaches the mastery and gain heads
+    but not the unused prediction head."""
+    torch.manual_seed(0)
+    model = _model(mastery_in_prediction="mastery_only", gain_scope=scope, mastery_link=link)
+    c, r, q = _inputs()
+    with torch.no_grad():
+        full = model(c, r, q)
+        m_q = full.mastery.gather(-1, q.unsqueeze(-1)).squeeze(-1).clamp(1e-4, 1 - 1e-4)
+        torch.testing.assert_close(torch.sigmoid(full.logits), m_q, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(torch.sigmoid(model(c, r, q, interpretation=False).logits), m_q,
+                                   rtol=1e-5, atol=1e-6)
+    model.train()
+    out = model(c, r, q, reduced=True)
+    torch.testing.assert_close(torch.sigmoid(out.logits), out.steps.mastery_at_q.clamp(1e-4, 1 - 1e-4),
+                               rtol=1e-5, atol=1e-6)
+    F.binary_cross_entropy_with_logits(out.logits, r.float()).backward()
+    assert all(p.grad is None for p in model.prediction_head.parameters())
+    assert float(model.gain_head.weight.grad.abs().sum()) > 0
+    assert float(model.mastery_head.weight.grad.abs().sum()) > 0
+    with pytest.raises(ConfigError, match="mastery_in_prediction"):
+        _model(mastery_in_prediction="mastery_only", use_mastery_head=False)
+
+
 def test_concept_plus_response_embeds_a_step_as_a_concept_vector_plus_a_response_vector():
     torch.manual_seed(0)
     model = _model(emb_type="concept_plus_response")
