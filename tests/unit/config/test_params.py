@@ -120,7 +120,8 @@ def test_profiles_apply_in_order_and_are_recorded_as_overrides():
 
 def test_every_committed_profile_validates_and_changes_exactly_its_overrides():
     names = list_profiles()
-    assert {"cpu-default", "cpu-small", "cpu-assist", "cpu-tuned", "pure-bce", "quickstart", "tiny"} <= set(names)
+    assert {"cpu-default", "cpu-small", "cpu-assist", "cpu-tuned", "pure-bce", "quickstart", "tiny",
+            "faithful-mastery"} <= set(names)
     defaults = load_defaults().values
     for name in names:
         overrides = load_profile(name)
@@ -130,6 +131,15 @@ def test_every_committed_profile_validates_and_changes_exactly_its_overrides():
         changed = {k: v for k, v in overrides.items() if v != defaults[k]}
         assert resolved.overrides == changed, name
         assert {k: resolved.params[k] for k in overrides} == overrides, name
+
+
+def test_faithful_mastery_applies_after_cpu_default_and_keeps_its_model():
+    resolved = resolve_params({}, ["cpu-default", "faithful-mastery"])
+    assert resolved.profiles == ["cpu-default", "faithful-mastery"]
+    p = resolved.params
+    assert (p["gain_scope"], p["mastery_link"], p["mastery_in_prediction"]) == ("practised_skill", "logistic", "logit")
+    assert not p["enable_alignment_loss"] and p["consistency_loss_weight"] == 0.0
+    assert (p["d_model"], p["patience"], p["question_embedding"]) == (64, 3, "auto")  # cpu-default's
 
 
 def test_unknown_profile_lists_the_known_ones():
