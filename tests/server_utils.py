@@ -69,18 +69,24 @@ class Server:
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM the server's process group (server + uvicorn worker), wait, SIGKILL what is left."""
-        _signal_group(self.proc, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pass
-        _signal_group(self.proc, signal.SIGKILL)  # the worker may outlive its parent; the group id is ours
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
+        stop_group(self.proc, timeout)
         if self._log is not None and not self._log.closed:
             self._log.close()
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    """SIGTERM the process group of `proc` (started with start_new_session), wait up to `timeout` s, then SIGKILL
+    what is left: a server's workers may outlive their parent, and the group id is ours."""
+    _signal_group(proc, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    _signal_group(proc, signal.SIGKILL)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from server_utils import free_port
+from server_utils import free_port, stop_group
 
 BIN = Path(sys.executable).parent
 
@@ -120,21 +119,8 @@ def serve(env: dict, model_uri: str, log_path: Path, timeout: float = 120.0):
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.5)
-    stop(proc)
+    stop_group(proc, 15)
     raise AssertionError(f"mlflow models serve not ready after {timeout:.0f} s:\n{log_path.read_text()}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            return
-        try:
-            proc.wait(timeout=15)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def check_served_model(env: dict, run_id: str, data_root: Path, tmp_path: Path, *, name: str) -> dict:
@@ -195,7 +181,7 @@ def check_served_model(env: dict, run_id: str, data_root: Path, tmp_path: Path, 
             status, text = _post(url + "/invocations", _records(frame.head(3)))
             assert status == 200, text  # still serving
         finally:
-            stop(proc)
+            stop_group(proc, 15)
         return {"model": model, "client": client}
     finally:
         for key, value in saved.items():
