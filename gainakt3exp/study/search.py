@@ -26,6 +26,7 @@ from pathlib import Path
 
 from gainakt3exp import tracking
 from gainakt3exp.config.params import load_defaults, parse_value
+from gainakt3exp.data import registry
 from gainakt3exp.errors import ConfigError
 from gainakt3exp.paths import CONFIG_DIR
 from gainakt3exp.service import record as run_record
@@ -273,6 +274,11 @@ def _trials(client, optuna_study, space, base: Plan, trials, per_trial, experime
     return interrupted
 
 
+def _every_fold(plan: Plan) -> list[int]:
+    """The folds of the searched data set (its registry entry's `folds`): the best trial is reported on all of them."""
+    return list(registry.lookup(plan.slots[0].params["dataset"]).entry["folds"])
+
+
 def _publish_best(client, parent_id: str, optuna_study, base: Plan, table: list, echo) -> None:
     """The best trial (by mean val AUC) as a ready `gakt-study launch` line, on the parent and printed."""
     complete = [row for row in table if row["state"] == "COMPLETE"]
@@ -280,8 +286,8 @@ def _publish_best(client, parent_id: str, optuna_study, base: Plan, table: list,
     if complete:
         best = optuna_study.best_trial
         row = next(r for r in table if r["run_id"] == best._trial_id)
-        final = Plan(f"{base.short_title}-best", base.profiles, base.overrides, base.folds, base.seeds, {}, True,
-                     base.workers, base.threads_per_run)
+        final = Plan(f"{base.short_title}-best", base.profiles, base.overrides, _every_fold(base), base.seeds, {},
+                     True, base.workers, base.threads_per_run)
         summary.update(best_trial=row["trial"], launch=launch_line(final, row["values"]))
         tracking.MlflowSink(client, parent_id).set_tags({tracking.TAG_SEARCH_BEST_TRIAL: str(row["trial"]),
                                                          tracking.TAG_SEARCH_BEST_VALUES: json.dumps(row["values"],
@@ -289,5 +295,6 @@ def _publish_best(client, parent_id: str, optuna_study, base: Plan, table: list,
         client.log_metric(parent_id, "search/best_val_auc", row["value"], step=0)
         tracking.publish_bytes(client, parent_id, "best_launch.txt", (summary["launch"] + "\n").encode())
         echo(f"best trial {row['trial']}: mean best val AUC {row['value']:.6f} with "
-             f"{json.dumps(row['values'], sort_keys=True)}\nrun it on every fold, evaluated:\n  {summary['launch']}")
+             f"{json.dumps(row['values'], sort_keys=True)}\nreport it on every fold of the data set, evaluated:\n"
+             f"  {summary['launch']}")
     tracking.publish_bytes(client, parent_id, "search_trials.json", tracking.json_bytes(summary))

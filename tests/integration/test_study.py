@@ -370,6 +370,7 @@ def test_a_3_trial_search_records_every_trial_never_reads_a_test_metric_and_prin
     (child,) = _runs(client, f"tags.`mlflow.parentRunId` = '{trials[best].info.run_id}'")
     assert line.startswith("gakt-study launch --short_title srch-best --profile tiny") and line.endswith(" --eval")
     assert f"--learning_rate {child.data.params['learning_rate']} " in line and line in result.output
+    assert " --folds 0,1,2,3,4 --seeds 42 " in line  # the search ran fold 0; the report covers every fold
 
 
 # --- a tracking server --------------------------------------------------------------------------------------------
