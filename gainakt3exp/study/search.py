@@ -170,6 +170,7 @@ def run_search(*, short_title: str, profiles: list, overrides: dict, space_path:
         raise ConfigError(f"{', '.join(clash)}: given as --<param> and in the space file; give each once")
     base = build_plan(short_title, profiles, overrides, folds, seeds, [], False, workers, threads_per_run,
                       points=_boundaries(space), kind="search")
+    every_fold = _every_fold(base)  # the best trial's launch line reports it on all of them
     _sampler(sampler, sampler_seed)
     address = engine.check_address(address)
     import optuna
@@ -219,7 +220,7 @@ def run_search(*, short_title: str, profiles: list, overrides: dict, space_path:
                 client, parent_id)], f"the study driver received {interrupted}")
         storage.flush_all_batches()
         report = study_report.publish_report(client, parent_id, wall_seconds=time.perf_counter() - started)
-        _publish_best(client, parent_id, optuna_study, base, table, echo)
+        _publish_best(client, parent_id, optuna_study, base, every_fold, table, echo)
         return study.finish_parent(client, parent_id, report, interrupted, echo, label="search")
 
 
@@ -275,18 +276,19 @@ def _trials(client, optuna_study, space, base: Plan, trials, per_trial, experime
 
 
 def _every_fold(plan: Plan) -> list[int]:
-    """The folds of the searched data set (its registry entry's `folds`): the best trial is reported on all of them."""
+    """The folds of the searched data set (its registry entry's `folds`), from the validated plan's first child."""
     return list(registry.lookup(plan.slots[0].params["dataset"]).entry["folds"])
 
 
-def _publish_best(client, parent_id: str, optuna_study, base: Plan, table: list, echo) -> None:
+def _publish_best(client, parent_id: str, optuna_study, base: Plan, every_fold: list[int], table: list,
+                  echo) -> None:
     """The best trial (by mean val AUC) as a ready `gakt-study launch` line, on the parent and printed."""
     complete = [row for row in table if row["state"] == "COMPLETE"]
     summary = {"trials": table, "best_trial": None, "launch": None}
     if complete:
         best = optuna_study.best_trial
         row = next(r for r in table if r["run_id"] == best._trial_id)
-        final = Plan(f"{base.short_title}-best", base.profiles, base.overrides, _every_fold(base), base.seeds, {},
+        final = Plan(f"{base.short_title}-best", base.profiles, base.overrides, every_fold, base.seeds, {},
                      True, base.workers, base.threads_per_run)
         summary.update(best_trial=row["trial"], launch=launch_line(final, row["values"]))
         tracking.MlflowSink(client, parent_id).set_tags({tracking.TAG_SEARCH_BEST_TRIAL: str(row["trial"]),
