@@ -102,7 +102,7 @@ def launch_cmd(ctx, short_title, profiles, folds, seeds, grid, evaluate, dry_run
 def search_cmd(ctx, short_title, profiles, folds, seeds, space, trials, sampler, sampler_seed, workers,
                threads_per_run, address, experiment, **values) -> None:
     """Search hyperparameters with Optuna on mean val AUC (test metrics are never read); print the best trial
-    as a `gakt-study launch` line.
+    as a `gakt-study launch ... --eval` line on every fold of the data set, to report it.
 
     \b
     Example:
