@@ -16,6 +16,7 @@ import json
 import os
 import re
 import signal
+import sys
 import tempfile
 import threading
 import urllib.error
@@ -207,26 +208,48 @@ class WholeCallClient:
 def interruptions(make: Callable[[str], BaseException]) -> Iterator[None]:
     """In the block, SIGTERM and SIGINT (Ctrl-C) raise make(<signal name>): at once, or, inside a store call,
     when it returns. Only the first one raises: a second signal (a terminal's Ctrl-C reaches every process of the
-    group, and `mlflow run` forwards it as SIGTERM) must not cut short the handling of the first."""
-    _CALLS.raised, _CALLS.pending = False, None
+    group, and `mlflow run` forwards it as SIGTERM) must not cut short the handling of the first.
+
+    A handler raises wherever the main thread is, and Python swallows an exception raised inside a finalizer or a
+    weakref callback (garbage collection runs them at any bytecode; SQLAlchemy's class registry has such
+    callbacks): it is only reported to sys.unraisablehook. The hook of this block re-arms the handler and sends the
+    same signal again a moment later, so the interruption is raised outside the finalizer instead of lost."""
+    _CALLS.raised, _CALLS.pending, _CALLS.sent = False, None, None
 
     def handler(signum, _frame):
         if _CALLS.raised:
             return
         _CALLS.raised = True
         exc = make(signal.Signals(signum).name)
+        _CALLS.sent = (exc, signum)
         if getattr(_CALLS, "depth", 0):
             _CALLS.pending = exc
         else:
             raise exc
 
+    previous_hook = sys.unraisablehook
+
+    def unraisable(info) -> None:
+        sent = getattr(_CALLS, "sent", None)
+        if sent is not None and info.exc_value is sent[0]:  # our interruption, swallowed by a finalizer
+            _CALLS.raised, _CALLS.sent = False, None
+            # sent from another thread a moment later: a signal sent from here would be handled here, inside the
+            # hook, and swallowed again; if it still lands in a finalizer, this hook sends it once more
+            resend = threading.Timer(0.01, os.kill, (os.getpid(), sent[1]))
+            resend.daemon = True
+            resend.start()
+            return
+        previous_hook(info)
+
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    sys.unraisablehook = unraisable
     try:
         yield
     finally:
+        sys.unraisablehook = previous_hook
         for sig, old in previous.items():
             signal.signal(sig, old)
-        _CALLS.pending = None
+        _CALLS.pending = _CALLS.sent = None
 
 
 def ensure_experiment(client, name: str) -> str:

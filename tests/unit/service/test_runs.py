@@ -286,6 +286,29 @@ def test_a_sigterm_inside_a_store_write_is_raised_after_it_and_the_kill_is_recor
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+def test_an_interruption_that_lands_in_a_finalizer_is_raised_again_after_it():
+    """Python swallows an exception raised in a finalizer (only sys.unraisablehook sees it): a SIGTERM whose
+    handler ran inside one must still interrupt the block, not be lost (a study child then trained on to the end)."""
+    ran = []
+
+    class Finalized:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(10_000):  # the handler runs at one of these bytecodes, inside the finalizer
+                pass
+            ran.append("finalizer done")
+
+    before = sys.unraisablehook
+    with tracking.interruptions(lambda name: KeyboardInterrupt(name)):
+        with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+            Finalized()  # collected at once: its __del__ runs here
+            deadline = time.perf_counter() + 5
+            while time.perf_counter() < deadline:  # the interruption must arrive here, well before 5 s
+                pass
+    assert ran == []  # the first raise did end the finalizer, and Python swallowed it there
+    assert sys.unraisablehook is before and signal.getsignal(signal.SIGTERM) is not None
+
+
 def test_outside_a_store_call_an_interruption_is_raised_at_once(client):
     with tracking.interruptions(lambda name: KeyboardInterrupt(name)):
         with pytest.raises(KeyboardInterrupt, match="SIGINT"):
