@@ -11,10 +11,15 @@ import torch
 def checkpoint_bytes(model, params: dict, num_c: int, epoch: int, val_auc: float) -> bytes:
     """A real copy of the weights (not a reference to live tensors) with what is needed to rebuild the model."""
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    buffer = io.BytesIO()
     num_q = {"num_q": model.num_q} if getattr(model, "num_q", 0) else {}  # question-level data only
-    torch.save({"state_dict": state, "params": dict(params), "num_c": num_c, **num_q, "epoch": epoch,
-                "val_auc": float(val_auc)}, buffer)
+    return dump_checkpoint({"state_dict": state, "params": dict(params), "num_c": num_c, **num_q, "epoch": epoch,
+                            "val_auc": float(val_auc)})
+
+
+def dump_checkpoint(checkpoint: dict) -> bytes:
+    """A checkpoint dict as model_best.pth bytes (what load_checkpoint reads back)."""
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
     return buffer.getvalue()
 
 

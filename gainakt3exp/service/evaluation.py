@@ -131,7 +131,8 @@ _CHECKPOINT_KEYS = ("state_dict", "params", "num_c", "epoch", "val_auc")
 
 
 def read_checkpoint(client, run_id: str) -> tuple[bytes, dict]:
-    """model_best.pth of the run (its bytes and the checkpoint), loaded weights-only: a corrupt or code-carrying file is refused, never executed."""
+    """model_best.pth of the run (its bytes and the checkpoint), loaded weights-only: a corrupt or code-carrying
+    file is refused, never executed."""
     from gainakt3exp.loops.checkpoint import load_checkpoint
 
     raw = tracking.download_text(client, run_id, "model_best.pth")

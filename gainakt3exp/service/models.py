@@ -59,20 +59,14 @@ def log_run_model(client, run_id: str, checkpoint_bytes: bytes, *, step: int) ->
 
     from gainakt3exp.config.choices import resolve_question_embedding
     from gainakt3exp.config.params import with_added_defaults
-    from gainakt3exp.loops.checkpoint import load_checkpoint
+    from gainakt3exp.loops.checkpoint import dump_checkpoint, load_checkpoint
     from gainakt3exp.service import served_model
     from gainakt3exp.service.pyfunc import CHECKPOINT_ARTIFACT
 
     checkpoint = load_checkpoint(checkpoint_bytes)
     params = with_added_defaults(checkpoint["params"])  # a checkpoint older than a parameter: its default
     if params != checkpoint["params"]:  # the model carries complete params: it has no parameter_default.json
-        import io
-
-        import torch
-
-        buffer = io.BytesIO()
-        torch.save({**checkpoint, "params": params}, buffer)
-        checkpoint_bytes = buffer.getvalue()
+        checkpoint_bytes = dump_checkpoint({**checkpoint, "params": params})
     num_c, num_q = checkpoint["num_c"], checkpoint.get("num_q", 0)
     signature, example = signature_and_example(
         num_c, num_q, question_ids=resolve_question_embedding(params["question_embedding"], num_q) == "rasch",
